@@ -1,0 +1,82 @@
+"""Turning next-token logits into a token: penalties, temperature, top-k, top-p, seeded draws.
+
+Works on a batch of rows at once so that the single-request generator and the batched engine share it;
+each row has its own parameters and its own ``torch.Generator`` so a seed reproduces a request's output
+whatever else runs beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from mai.errors import MaiError
+
+
+@dataclass
+class SamplingParams:
+    """Per-request decoding settings. ``temperature`` 0 means greedy."""
+
+    max_tokens: int = 128
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0  # >1 discourages tokens already in the context (CTRL paper's rule)
+    presence_penalty: float = 0.0  # OpenAI's additive penalties
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise MaiError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise MaiError(f"temperature must be ≥ 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise MaiError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise MaiError(f"top_k must be ≥ 0, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise MaiError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    def generator(self) -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed(self.seed if self.seed is not None else int(torch.seed() % 2**63))
+        return g
+
+
+def apply_penalties(logits: torch.Tensor, history: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """Penalise tokens of ``history`` (1-D ids seen so far) in one row of ``logits`` (1-D, float)."""
+    if history.numel() == 0 or (
+        p.repetition_penalty == 1.0 and p.presence_penalty == 0.0 and p.frequency_penalty == 0.0
+    ):
+        return logits
+    logits = logits.clone()
+    if p.repetition_penalty != 1.0:
+        seen = history.unique()
+        vals = logits[seen]
+        logits[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+    if p.presence_penalty or p.frequency_penalty:
+        counts = torch.bincount(history, minlength=logits.shape[-1])[: logits.shape[-1]].to(logits.dtype)
+        logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
+    return logits
+
+
+def sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:
+    """One token id from a 1-D float32 logits row (penalties already applied)."""
+    if p.temperature == 0:
+        return int(logits.argmax())
+    logits = logits / p.temperature
+    if p.top_k and p.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, p.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if p.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        # keep the smallest prefix whose mass reaches top_p (the first token is always kept)
+        drop = sorted_probs.cumsum(0) - sorted_probs >= p.top_p
+        sorted_probs[drop] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=gen))
+
