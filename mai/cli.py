@@ -6,6 +6,7 @@ User errors (:class:`mai.errors.MaiError`) become one ``error: ...`` line on std
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -41,6 +42,187 @@ def cmd_model_info(args: argparse.Namespace) -> None:
     print(f"built on meta in  {time.perf_counter() - start:.2f} s")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from mai.config import load_yaml, resolve
+    from mai.train.config import RunConfig
+    from mai.train.trainer import train
+
+    base = load_yaml(args.config) if args.config else {}
+    cfg = resolve(RunConfig, base, args.overrides)
+    result = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"steps                 {result.steps}")
+        print(f"final train loss      {result.final_loss:.4f} nats/token")
+        print(f"validation loss       {result.val_loss:.4f} nats/token")
+        print(f"unigram entropy       {result.unigram_entropy:.4f} nats/token (the no-context baseline)")
+        print(f"throughput            {result.tokens_per_s:,.0f} tokens/s, MFU {100 * result.mfu:.1f}%")
+        print(f"model                 {result.out_dir / 'model'}")
+        print(f"loss curve            {result.out_dir / 'loss.png'}")
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> None:
+    from mai.data.prepare import documents
+    from mai.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(documents(args.input, args.field, args.paragraphs), args.vocab_size, args.out)
+    print(f"tokenizer  {args.out} (vocab {tok.vocab_size:,}, eos id {tok.eos_id}, "
+          f"sha256 {tok.fingerprint[:16]})")
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mai.data.prepare import documents, prepare
+    from mai.tokenizer import load_tokenizer, train_tokenizer
+
+    if args.tokenizer:
+        tok = load_tokenizer(args.tokenizer)
+    else:
+        texts = documents(args.input, args.field, args.paragraphs)
+        tok_dir = Path(args.out) / "tokenizer"
+        print(f"training a {args.vocab_size:,}-token tokenizer on the inputs into {tok_dir}", file=sys.stderr)
+        tok = train_tokenizer(texts, args.vocab_size, tok_dir)
+    print(prepare(args.input, tok, args.out, val_fraction=args.val_fraction, workers=args.workers,
+                  field=args.field, paragraphs=args.paragraphs))
+
+
+def cmd_data_run(args: argparse.Namespace) -> None:
+    from mai.data.pipeline import load_spec, run_pipeline
+
+    overrides = list(args.set)
+    if args.workers is not None:
+        overrides.append(f"workers={args.workers}")
+    if args.executor is not None:
+        overrides.append(f"executor={args.executor}")
+    report = run_pipeline(load_spec(args.pipeline, overrides))
+    print(f"report     {report['work_dir']}/report.json")
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from mai.data.pipeline.synth.config import load_synth_config
+    from mai.data.pipeline.synth.run import run_synth
+
+    report = run_synth(load_synth_config(args.config, args.set))
+    print(f"documents  {report['output_dir']}")
+
+
+def _add_input_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", nargs="+", action="extend", default=None, metavar="PATH",
+                   help=".txt / .jsonl(.gz) / .parquet files or directories (default: the Wikipedia corpus)")
+    p.add_argument("--field", default="text", help="the JSONL field / Parquet column holding the text")
+    p.add_argument("--paragraphs", action="store_true",
+                   help="split .txt files into one document per blank-line-separated block")
+    p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary of a newly trained tokenizer")
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from mai.plan import Layout, format_plan, format_table, plan, search
+
+    if args.search:
+        plans = search(args.preset, args.gpu, args.gpus, args.seq_len, args.global_batch, args.mfu)
+        if not plans:
+            raise MaiError(f"no layout of {args.preset} fits on {args.gpus} × {args.gpu}; add GPUs")
+        print(f"layouts of {args.preset} that fit on {args.gpus} × {args.gpu} at {args.mfu:.0%} MFU, "
+              "best first:")
+        print(format_table(plans, args.tokens))
+        return
+    layout = Layout(gpus=args.gpus, dp=args.dp, tp=args.tp, pp=args.pp, ep=args.ep,
+                    micro_batch=args.micro_batch, seq_len=args.seq_len, global_batch=args.global_batch,
+                    activation_checkpointing=args.activation_checkpointing, zero=args.zero)
+    print(format_plan(plan(args.preset, args.gpu, layout, args.mfu), args.tokens))
+
+
+def _sampling_params(args: argparse.Namespace):
+    from mai.infer.sampling import SamplingParams
+
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                          stop=list(args.stop or []))
+
+
+def _load_for_generation(path: str):
+    from mai.interop.native import load_native
+    from mai.tokenizer import load_tokenizer
+
+    return load_native(path), load_tokenizer(path)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from mai.infer.generate import Generation
+
+    model, tok = _load_for_generation(args.model)
+    params = _sampling_params(args)
+    prompt_ids = tok.encode(args.prompt, add_bos=tok.bos_id is not None)
+    gen = Generation(model, tok.decode, prompt_ids, params, stop_ids=tok.stop_ids)
+    print(args.prompt, end="", flush=True)
+    for delta in gen:
+        print(delta, end="", flush=True)
+    print(f"\n[{len(gen.token_ids)} tokens, finish_reason={gen.finish_reason}]", file=sys.stderr)
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from mai.infer.generate import Generation
+
+    model, tok = _load_for_generation(args.model)
+    params = _sampling_params(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    print("chat: type a message, an empty line or Ctrl-D ends", file=sys.stderr)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        messages.append({"role": "user", "content": line.strip()})
+        prompt_ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
+        gen = Generation(model, tok.decode, prompt_ids, params, stop_ids=tok.stop_ids)
+        print("assistant: ", end="", flush=True)
+        for delta in gen:
+            print(delta, end="", flush=True)
+        print(flush=True)
+        messages.append({"role": "assistant", "content": gen.text})
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from mai.interop import export_hf, load_model
+
+    loaded = load_model(args.source)
+    out = export_hf(loaded, args.out, max_shard_bytes=int(args.max_shard_gb * 2**30))
+    tok = "with tokenizer" if loaded.tokenizer is not None else "no tokenizer found"
+    print(f"wrote {out} ({loaded.kind} → Hugging Face, {sum(p.numel() for p in loaded.model.parameters()):,} "
+          f"parameters, {tok})")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from mai.serve.catalog import Catalog, KeyEntry, ModelEntry, load_catalog
+
+    if args.catalog:
+        catalog = load_catalog(args.catalog)
+    elif args.model:
+        catalog = Catalog([ModelEntry(name=args.name, path=args.model, max_len=args.max_len)])
+    else:
+        raise MaiError("give --catalog FILE or --model PATH (e.g. --model bundled:smollm2)")
+    if args.api_key:
+        catalog.api_keys.append(KeyEntry(key=args.api_key))
+    try:
+        import uvicorn
+
+        from mai.serve.app import create_app
+    except ImportError as exc:
+        raise MaiError(f"serving needs the serve extra: pip install 'mai[serve]' ({exc})") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not catalog.api_keys:
+        print(f"warning: serving on {args.host} without API keys", file=sys.stderr)
+    uvicorn.run(create_app(catalog), host=args.host, port=args.port, log_level="warning")
+
+
+def _add_sampling_flags(p: argparse.ArgumentParser, temperature: float) -> None:
+    p.add_argument("--model", required=True, help="a model directory (e.g. runs/demo/model)")
+    p.add_argument("--max-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=temperature)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", help="a stop string (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mai", description="Build and own a language model end to end.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +232,83 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--preset", required=True)
     info.add_argument("--seq-len", type=int, default=None, help="sequence length for the FLOP count")
     info.set_defaults(func=cmd_model_info)
+
+    tr = sub.add_parser("train", help="train a model (launch with torchrun for several processes)")
+    tr.add_argument("--config", help="a YAML run config (see configs/)")
+    tr.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100 model.n_layers=4")
+    tr.set_defaults(func=cmd_train)
+
+    pl = sub.add_parser("plan", help="per-GPU memory, step time and days of a cluster run, on paper")
+    pl.add_argument("--preset", required=True, help="a model preset, or megatron-462b (published anchor)")
+    pl.add_argument("--gpu", default="h100", help="h100, h200, a100 or b200")
+    pl.add_argument("--gpus", type=int, required=True, help="number of GPUs")
+    pl.add_argument("--dp", type=int, default=0, help="data parallel (0 = gpus / (tp·pp))")
+    pl.add_argument("--tp", type=int, default=1)
+    pl.add_argument("--pp", type=int, default=1)
+    pl.add_argument("--ep", type=int, default=1, help="expert parallel, taken from dp")
+    pl.add_argument("--micro-batch", type=int, default=1)
+    pl.add_argument("--seq-len", type=int, default=4096)
+    pl.add_argument("--global-batch", type=int, default=1024, help="sequences per optimizer step")
+    pl.add_argument("--activation-checkpointing", default="selective", choices=["none", "selective", "full"])
+    pl.add_argument("--zero", type=int, default=3, help="0-3; 3 = FSDP (all state sharded)")
+    pl.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation to assume")
+    pl.add_argument("--tokens", type=float, default=15e12, help="token budget for the days estimate")
+    pl.add_argument("--search", action="store_true", help="list the layouts that fit, best first")
+    pl.set_defaults(func=cmd_plan)
+
+    gen = sub.add_parser("generate", help="complete a prompt, streaming to the terminal")
+    _add_sampling_flags(gen, temperature=0.8)
+    gen.add_argument("--prompt", required=True)
+    gen.set_defaults(func=cmd_generate)
+
+    chat = sub.add_parser("chat", help="talk to a model with its chat template")
+    _add_sampling_flags(chat, temperature=0.7)
+    chat.add_argument("--system", default=None, help="a system message")
+    chat.set_defaults(func=cmd_chat)
+
+    conv = sub.add_parser("convert", help="write a GGUF file, HF directory or mai run as a HF directory")
+    conv.add_argument("source", help="a .gguf file, a Hugging Face directory, or a mai run/model directory")
+    conv.add_argument("--out", required=True, help="the Hugging Face directory to write")
+    conv.add_argument("--max-shard-gb", type=float, default=5.0, help="shard the weights above this size")
+    conv.set_defaults(func=cmd_convert)
+
+    srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (chat, completions, moderations)")
+    srv.add_argument("--catalog", help="a YAML/JSON catalog of models, API keys and limits")
+    srv.add_argument("--model", help="serve one model: a .gguf, HF or mai directory, or bundled:smollm2")
+    srv.add_argument("--name", default="default", help="the model name clients send (with --model)")
+    srv.add_argument("--max-len", type=int, default=2048, help="context length served (with --model)")
+    srv.add_argument("--api-key", help="require this Bearer key (adds to the catalog's keys)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.set_defaults(func=cmd_serve)
+
+    tokenizer = sub.add_parser("tokenizer", help="tokenizers").add_subparsers(dest="action", required=True)
+    tok_train = tokenizer.add_parser("train", help="train a byte-level BPE tokenizer on documents")
+    _add_input_flags(tok_train)
+    tok_train.add_argument("--out", default="data_cache/tokenizer", help="directory for tokenizer.json")
+    tok_train.set_defaults(func=cmd_tokenizer_train)
+
+    data = sub.add_parser("data", help="data preparation").add_subparsers(dest="action", required=True)
+    prep = data.add_parser("prepare", help="tokenize documents into train/val token shards")
+    _add_input_flags(prep)
+    prep.add_argument("--tokenizer", default=None,
+                      help="a tokenizer directory or tokenizer.json (default: train one into OUT/tokenizer)")
+    prep.add_argument("--out", default="data_cache/default", help="the dataset directory to write")
+    prep.add_argument("--val-fraction", type=float, default=0.005, help="share of documents for validation")
+    prep.add_argument("--workers", type=int, default=2, help="tokenizer processes")
+    prep.set_defaults(func=cmd_data_prepare)
+    drun = data.add_parser("run", help="run a data pipeline (filters, dedup, tokenize) from a YAML file")
+    drun.add_argument("pipeline", help="the pipeline YAML (see configs/data/)")
+    drun.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a pipeline setting, e.g. workers=4 or work_dir=runs/x")
+    drun.add_argument("--workers", type=int, default=None, help="parallel shard workers")
+    drun.add_argument("--executor", choices=["local", "ray"], default=None, help="where shards run")
+    drun.set_defaults(func=cmd_data_run)
+    synth = data.add_parser("synth", help="generate documents with a teacher model (OpenAI-compatible API)")
+    synth.add_argument("config", help="the synth YAML (see configs/data/synth.yaml)")
+    synth.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting, e.g. teacher.base_url=http://127.0.0.1:8000/v1")
+    synth.set_defaults(func=cmd_data_synth)
 
     return parser
 

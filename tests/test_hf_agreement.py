@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from mai.interop.hf_names import hf_config_to_mai, hf_to_mai_state_dict, mai_config_to_hf, mai_to_hf_state_dict
+from mai.interop.hf_names import (
+    hf_config_to_mai,
+    hf_to_mai_state_dict,
+    mai_config_to_hf,
+    mai_to_hf_state_dict,
+)
 from mai.model.transformer import Transformer
 
 transformers = pytest.importorskip("transformers")

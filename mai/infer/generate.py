@@ -13,6 +13,7 @@ import torch
 
 from mai.errors import MaiError
 from mai.infer.sampling import SamplingParams, apply_penalties, sample_row
+from mai.infer.textstream import TextStream
 from mai.model.transformer import KVCache, Transformer
 
 
@@ -61,8 +62,7 @@ class Generation:
         step = next_token_logits(self.model, self.use_cache)
         gen = self.params.generator()
         ids = list(self.prompt_ids)
-        emitted = 0  # characters of self.text already handed out
-        hold = max((len(s) for s in self.params.stop), default=0)
+        stream = TextStream(self.decode, self.params.stop)
         with torch.inference_mode():
             while True:
                 logits = apply_penalties(step(ids), torch.tensor(ids), self.params)
@@ -71,22 +71,18 @@ class Generation:
                     self.finish_reason = "stop"
                     break
                 ids.append(token)
-                self.token_ids.append(token)
-                self.text = self.decode(self.token_ids)
-                cut = min((i for s in self.params.stop if (i := self.text.find(s)) >= 0), default=-1)
-                if cut >= 0:
-                    self.text, self.finish_reason = self.text[:cut], "stop"
-                    break
-                if len(self.token_ids) >= self.budget:
+                delta = stream.push(token)
+                self.token_ids, self.text = stream.token_ids, stream.text
+                if stream.stopped:
+                    self.finish_reason = "stop"
+                elif len(self.token_ids) >= self.budget:
                     self.finish_reason = "length"
+                if delta:
+                    yield delta
+                if self.finish_reason:
                     break
-                # hold back a tail that could still become a stop string, and a broken UTF-8 character
-                safe = len(self.text.rstrip("\ufffd")) - (hold - 1 if hold else 0)
-                if safe > emitted:
-                    yield self.text[emitted:safe]
-                    emitted = safe
-        if len(self.text) > emitted:
-            yield self.text[emitted:]
+        if tail := stream.flush():
+            yield tail
 
     def run(self) -> str:
         """Generate to the end without streaming; returns the text."""

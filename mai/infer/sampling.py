@@ -27,6 +27,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    logprobs: bool = False  # report the chosen token's log-probability (OpenAI's logprobs)
+    top_logprobs: int = 0  # and this many most likely alternatives (0..20)
+    json_object: bool = False  # constrain the output to one JSON object (OpenAI's response_format)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -39,6 +42,8 @@ class SamplingParams:
             raise MaiError(f"top_k must be ≥ 0, got {self.top_k}")
         if self.repetition_penalty <= 0:
             raise MaiError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not 0 <= self.top_logprobs <= 20:
+            raise MaiError(f"top_logprobs must be between 0 and 20, got {self.top_logprobs}")
 
     def generator(self) -> torch.Generator:
         g = torch.Generator()

@@ -31,6 +31,10 @@ class ModelConfig:
     n_shared_experts: int = 0
     expert_ffn_dim: int = 0
     first_dense_layers: int = 0
+    moe_score: str = "softmax"  # router scores: "softmax" (Mixtral) or "sigmoid" (DeepSeek-V3)
+    moe_aux_loss_coef: float = 0.01  # load-balancing loss weight (Switch Transformer); 0 turns it off
+    moe_z_loss_coef: float = 0.0  # router z-loss weight (ST-MoE uses 1e-3); 0 turns it off
+    moe_bias_update_rate: float = 0.0  # aux-loss-free balancing step (DeepSeek-V3: 1e-3); 0 turns it off
 
     def __post_init__(self) -> None:
         if self.head_dim is None:
@@ -46,6 +50,10 @@ class ModelConfig:
                 raise MaiError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.n_experts and not 0 < self.top_k <= self.n_experts:
             raise MaiError(f"top_k {self.top_k} must be between 1 and n_experts {self.n_experts}")
+        if self.moe_score not in ("softmax", "sigmoid"):
+            raise MaiError(f"moe_score must be 'softmax' or 'sigmoid', got '{self.moe_score}'")
+        if self.n_experts and self.expert_ffn_dim <= 0:
+            raise MaiError(f"expert_ffn_dim must be positive for an MoE model, got {self.expert_ffn_dim}")
 
     @property
     def is_moe(self) -> bool:

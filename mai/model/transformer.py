@@ -30,11 +30,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """Rotate ``x`` [B, H, T, hd] by position; cos/sin are [T, hd] (or broadcastable)."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
 class KVCache:
-    """Past keys and values for every layer, filled left to right; ``length`` is the next position."""
+    """Past keys and values for every layer, filled left to right; ``length`` is the next position.
+
+    All rows share one length. Caches whose rows differ (the batched engine's, ``mai.infer.kv_cache``)
+    provide the same three methods and return their own attention mask.
+    """
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
         shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
@@ -50,6 +54,16 @@ class KVCache:
         self.v[layer][:, :, self.length : self.length + t] = v
         end = self.length + t
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def attn_mask(self, t: int) -> torch.Tensor | None:
+        """Mask for ``t`` new tokens: None when plain causal attention is right (from position 0, or one
+        token that sees everything); else token i sees all past plus new tokens ≤ i."""
+        if self.length == 0 or t == 1:
+            return None
+        return torch.ones(t, self.length + t, dtype=torch.bool, device=self.k[0].device).tril(self.length)
+
+    def advance(self, t: int) -> None:
+        self.length += t
 
 
 class RMSNorm(nn.Module):
@@ -84,16 +98,15 @@ class Attention(nn.Module):
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        past = 0
+        mask = None
         if cache is not None:
-            past = cache.length
+            mask = cache.attn_mask(t)
             k, v = cache.update(self.layer, k, v)
-        if past == 0 or t == 1:
-            # Causal from position 0 (training, prefill), or one new token that sees every past position.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=k.shape[1] != q.shape[1])
-        else:  # a chunk appended after earlier tokens: token i sees all past plus new tokens ≤ i
-            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
+        gqa = k.shape[1] != q.shape[1]
+        if mask is None:  # causal from position 0 (training, prefill), or one token that sees all the past
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=gqa)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -168,16 +181,22 @@ class Transformer(nn.Module):
             self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta, device
         )
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits [B, T, vocab] for ``tokens`` [B, T] placed after ``cache.length`` earlier tokens."""
-        start = cache.length if cache is not None else 0
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, vocab] for ``tokens`` [B, T] placed after ``cache.length`` earlier tokens, or at
+        ``positions`` [B, T] when rows stand at different positions (the batched engine)."""
         t = tokens.shape[1]
-        if start + t > self.rope_cos.shape[0]:
-            raise ValueError(f"sequence of {start + t} tokens exceeds max_seq_len {self.rope_cos.shape[0]}")
-        cos, sin = self.rope_cos[start : start + t], self.rope_sin[start : start + t]
+        start = cache.length if cache is not None and positions is None else 0
+        end = start + t if positions is None else int(positions.max()) + 1
+        if end > self.rope_cos.shape[0]:
+            raise ValueError(f"sequence of {end} tokens exceeds max_seq_len {self.rope_cos.shape[0]}")
+        if positions is None:
+            cos, sin = self.rope_cos[start:end], self.rope_sin[start:end]
+        else:  # [B, 1, T, hd]: one row of angles per sequence, broadcast over heads
+            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
         h = self.tok_embeddings(tokens)
         for layer in self.layers.values():
             h = layer(h, cos, sin, cache)
         if cache is not None:
-            cache.length += t
+            cache.advance(t)
         return self.output(self.norm(h))

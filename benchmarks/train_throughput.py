@@ -1,0 +1,99 @@
+"""Training tokens/s and MFU of mai's decoder against Hugging Face transformers' LlamaForCausalLM.
+
+Both models have the same shape and weights count, train with the same step (AdamW, cross-entropy on
+fp32 logits, gradient clipping) on the same random batches, in fp32 and in bf16 autocast. The runs
+alternate (mai, HF, mai, HF, ...) so that load from other processes hits both alike; the script prints
+medians and the mai/HF ratio, and MFU against this machine's matmul peak measured in the same process.
+
+    python benchmarks/train_throughput.py [--steps 8] [--rounds 3] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from mai.model.config import ModelConfig
+from mai.model.presets import train_flops_per_token
+from mai.model.transformer import Transformer
+from mai.train.peak import measure_matmul_flops
+
+SHAPE = dict(vocab_size=8192, d_model=384, n_layers=6, n_heads=6, n_kv_heads=6, ffn_dim=1024, max_seq_len=256)
+SEQ, BATCH = 256, 16
+
+
+def hf_model(cfg: ModelConfig) -> torch.nn.Module:
+    import transformers
+
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, intermediate_size=cfg.ffn_dim,
+        max_position_embeddings=cfg.max_seq_len, tie_word_embeddings=False, attn_implementation="sdpa",
+    )
+    return transformers.LlamaForCausalLM(hf_cfg)
+
+
+def time_steps(model, forward, batches, precision: str, steps: int) -> float:
+    """Seconds per optimizer step, the median over ``steps`` steps after two warm-up steps."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    times = []
+    for i in range(steps + 2):
+        x, y = batches[i % len(batches)]
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = forward(model, x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="also time mai with torch.compile")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(**SHAPE)
+    batches = [(torch.randint(0, cfg.vocab_size, (BATCH, SEQ)), torch.randint(0, cfg.vocab_size, (BATCH, SEQ)))
+               for _ in range(4)]
+    flops_per_token = train_flops_per_token(cfg, SEQ)
+    peaks = {"fp32": measure_matmul_flops(torch.float32, 2048), "bf16": measure_matmul_flops(torch.bfloat16, 2048)}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; shape {SHAPE}, seq {SEQ}, batch {BATCH}")
+    print(f"matmul peak here: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+
+    contenders = {
+        "mai": (lambda: Transformer(cfg), lambda m, x: m(x)),
+        "hf": (lambda: hf_model(cfg), lambda m, x: m(input_ids=x).logits),
+    }
+    if args.compile:
+        contenders["mai+compile"] = (lambda: torch.compile(Transformer(cfg)), lambda m, x: m(x))
+    results: dict[tuple[str, str], list[float]] = {}
+    for precision in ("fp32", "bf16"):
+        models = {name: build() for name, (build, _) in contenders.items()}
+        for _ in range(args.rounds):
+            for name, (_, forward) in contenders.items():
+                sec = time_steps(models[name], forward, batches, precision, args.steps)
+                results.setdefault((name, precision), []).append(BATCH * SEQ / sec)
+
+    print(f"\n{'model':<12} {'precision':<9} {'tokens/s':>10} {'MFU':>7} {'vs HF':>7}")
+    for precision in ("fp32", "bf16"):
+        hf = statistics.median(results[("hf", precision)])
+        for name in contenders:
+            tps = statistics.median(results[(name, precision)])
+            mfu = tps * flops_per_token / peaks[precision]
+            print(f"{name:<12} {precision:<9} {tps:>10,.0f} {100 * mfu:>6.1f}% {tps / hf:>6.2f}x")
+
+
+if __name__ == "__main__":
+    main()

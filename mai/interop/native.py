@@ -1,0 +1,82 @@
+"""mai's own exported model directory: ``model.safetensors`` (mai tensor names), ``config.json`` (the
+ModelConfig plus a format marker) and the tokenizer files. `mai train` writes it; generation and
+serving load it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mai.config import from_dict
+from mai.errors import MaiError
+from mai.model.config import ModelConfig
+from mai.model.transformer import Transformer
+
+FORMAT = "mai-native-v1"
+
+
+def save_native(state_dict: dict[str, torch.Tensor], cfg: ModelConfig, out: Path,
+                tokenizer_dir: Path | None = None) -> Path:
+    """Write an exported model directory atomically (a folder renamed into place when complete)."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    if cfg.tie_embeddings:
+        tensors.pop("output.weight", None)  # the same storage as tok_embeddings.weight
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+    (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(cfg)}, indent=2))
+    if tokenizer_dir is not None:
+        for f in Path(tokenizer_dir).iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def is_native(path: Path) -> bool:
+    cfg = Path(path) / "config.json"
+    try:
+        return cfg.is_file() and json.loads(cfg.read_text()).get("format") == FORMAT
+    except json.JSONDecodeError:
+        return False
+
+
+def load_native(path: Path, device: str | torch.device = "cpu") -> Transformer:
+    """The model of an exported directory, in eval mode."""
+    path = Path(path)
+    if not is_native(path):
+        raise MaiError(f"{path} is not a mai model directory (expected config.json with format {FORMAT})")
+    data = json.loads((path / "config.json").read_text())
+    data.pop("format")
+    cfg = from_dict(ModelConfig, data, "config.json")
+    try:
+        tensors = load_file(str(path / "model.safetensors"), device=str(device))
+    except Exception as exc:  # safetensors raises its own error types for truncated or missing files
+        raise MaiError(f"{path / 'model.safetensors'} cannot be read: {exc}") from None
+    with torch.device("meta"):  # no random init: every weight comes from the file
+        model = Transformer(cfg)
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    if cfg.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    model.init_rope(torch.device(device))
+    missing = [m for m in missing if not (cfg.tie_embeddings and m == "output.weight")]
+    if missing or unexpected:
+        raise MaiError(f"{path}: weights do not match the config (missing {missing[:3]}, "
+                       f"unexpected {unexpected[:3]})")
+    return model.eval()

@@ -1,0 +1,66 @@
+"""The parallel layout of a run (the ``parallel:`` section of a run config) and its validation.
+
+Validation happens here, before any process group exists, so a bad layout is one clear error on every
+rank instead of a hang inside a collective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from mai.errors import MaiError
+from mai.model.config import ModelConfig
+
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass
+class ParallelConfig:
+    dp_replicate: int = 1  # HSDP: replicas of the sharded model (across nodes)
+    dp_shard: int = -1  # FSDP2 shard group size; -1 = every rank left after dp_replicate and tp
+    tp: int = 1  # tensor parallel with sequence parallel (keep it inside one node)
+    ep: int = 1  # expert parallel; its ranks are taken from dp_shard (ep divides dp_shard)
+    activation_checkpointing: Literal["none", "full", "selective"] = "none"
+    param_dtype: Literal["float32", "bfloat16"] = "float32"  # FSDP2 compute dtype of the gathered weights
+    reduce_dtype: Literal["float32", "bfloat16"] = "float32"  # gradient reduce-scatter dtype
+    compile: bool = False  # torch.compile each transformer block
+
+    def resolve(self, world_size: int) -> ParallelConfig:
+        """A copy with ``dp_shard`` filled in; raises :class:`MaiError` when the sizes don't multiply out."""
+        for name in ("dp_replicate", "tp", "ep"):
+            if getattr(self, name) < 1:
+                raise MaiError(f"parallel.{name} must be at least 1, got {getattr(self, name)}")
+        if self.param_dtype not in DTYPES or self.reduce_dtype not in DTYPES:
+            raise MaiError(f"parallel.param_dtype and parallel.reduce_dtype must be one of {DTYPES}")
+        fixed = self.dp_replicate * self.tp
+        dp_shard = self.dp_shard
+        if dp_shard == -1:
+            if world_size % fixed:
+                raise MaiError(f"world size {world_size} is not divisible by dp_replicate {self.dp_replicate} × "
+                               f"tp {self.tp}; launch a multiple of {fixed} processes")
+            dp_shard = world_size // fixed
+        if dp_shard < 1 or fixed * dp_shard != world_size:
+            raise MaiError(f"mesh dp_replicate {self.dp_replicate} × dp_shard {dp_shard} × tp {self.tp} = "
+                           f"{fixed * dp_shard} does not match the world size {world_size} (torchrun "
+                           "--nproc-per-node × --nnodes); fix parallel.* or the launch")
+        if dp_shard % self.ep:
+            raise MaiError(f"parallel.ep {self.ep} must divide dp_shard {dp_shard} (experts are spread over "
+                           "data-parallel ranks)")
+        if self.ep > 1 and self.tp > 1:
+            raise MaiError("parallel.ep > 1 together with tp > 1 is not supported yet; use ep with dp_shard")
+        return ParallelConfig(self.dp_replicate, dp_shard, self.tp, self.ep, self.activation_checkpointing,
+                              self.param_dtype, self.reduce_dtype, self.compile)
+
+    def check_model(self, model: ModelConfig) -> None:
+        """Shapes the layout must divide: heads and KV heads by tp, experts by ep."""
+        for what, n in (("n_heads", model.n_heads), ("n_kv_heads", model.n_kv_heads),
+                        ("ffn_dim", model.ffn_dim)):
+            if n % self.tp:
+                raise MaiError(f"model.{what} {n} is not divisible by parallel.tp {self.tp}")
+        if self.tp > 1 and model.tie_embeddings:
+            raise MaiError("tensor parallel needs untied embeddings (model.tie_embeddings=false)")
+        if self.ep > 1 and not model.is_moe:
+            raise MaiError("parallel.ep > 1 needs a Mixture-of-Experts model (model.n_experts > 0)")
+        if model.is_moe and model.n_experts % self.ep:
+            raise MaiError(f"model.n_experts {model.n_experts} is not divisible by parallel.ep {self.ep}")

@@ -1,0 +1,134 @@
+"""Apply tensor/sequence parallel, expert parallel, activation checkpointing, compile and FSDP2 to a
+:class:`mai.model.transformer.Transformer` from outside, in that order (torchtitan's order).
+
+Parameter names never change (no wrapper modules: behaviour is added by swapping a module's class), so a
+checkpoint saved under one layout loads under any other and into a single process.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+from mai.model.moe import MoE
+from mai.model.transformer import Block, FeedForward, Transformer
+from mai.parallel.config import ParallelConfig
+from mai.parallel.moe import DistributedMoE, SequenceLocalMoE, replicate_over, shard_experts, swap_class
+
+
+def parallelize(model: Transformer, cfg: ParallelConfig, mesh: DeviceMesh) -> Transformer:
+    """Parallelize ``model`` in place over ``mesh`` (from :func:`mai.parallel.build_mesh`) and return it."""
+    cfg = cfg.resolve(mesh.size())
+    cfg.check_model(model.cfg)
+    if cfg.tp > 1:
+        apply_tensor_parallel(model, mesh["tp"])
+    for block in model.layers.values():
+        ffn = block.feed_forward
+        if isinstance(ffn, MoE) and cfg.tp == 1:
+            swap_class(ffn, DistributedMoE)
+        if isinstance(ffn, MoE) and cfg.ep > 1:
+            shard_experts(ffn.experts, mesh["ep"])
+    if cfg.activation_checkpointing != "none":
+        for block in model.layers.values():
+            checkpoint_block(block, cfg.activation_checkpointing)
+    if cfg.compile:
+        for block in model.layers.values():
+            block.compile()
+    apply_fsdp(model, cfg, mesh)
+    return model
+
+
+def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
+    """Megatron-style TP with sequence parallel: norms and the residual stream are sharded over the
+    sequence, attention heads and FFN columns over ``tp``; logits are gathered for the loss."""
+    parallelize_module(model, tp_mesh, {
+        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+        "norm": SequenceParallel(),
+        "output": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate()),
+    })
+    for block in model.layers.values():
+        plan = {
+            "attention_norm": SequenceParallel(),
+            "attention": PrepareModuleInput(input_layouts=(Shard(1), None, None, None),
+                                            desired_input_layouts=(Replicate(), None, None, None)),
+            "attention.wq": ColwiseParallel(),
+            "attention.wk": ColwiseParallel(),
+            "attention.wv": ColwiseParallel(),
+            "attention.wo": RowwiseParallel(output_layouts=Shard(1)),
+            "ffn_norm": SequenceParallel(),
+        }
+        if isinstance(block.feed_forward, FeedForward):
+            plan.update({
+                "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+                "feed_forward.w1": ColwiseParallel(),
+                "feed_forward.w3": ColwiseParallel(),
+                "feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
+            })
+        else:  # MoE: each rank routes its own sequence shard (see mai.parallel.moe)
+            replicate_over(block.feed_forward, tp_mesh)
+            swap_class(block.feed_forward, SequenceLocalMoE, tp_mesh=tp_mesh)
+        parallelize_module(block, tp_mesh, plan)
+
+
+# Selective checkpointing keeps the results of the expensive ops and recomputes the cheap ones.
+_SAVE = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+         torch.ops.aten._scaled_dot_product_flash_attention.default,
+         torch.ops.aten._scaled_dot_product_efficient_attention.default,
+         torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default}
+if hasattr(torch.ops.aten, "_grouped_mm"):
+    _SAVE.add(torch.ops.aten._grouped_mm.default)
+
+
+def _policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _SAVE else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+class _CheckpointedBlock(Block):
+    checkpoint_mode: str = "full"
+
+    def forward(self, x, cos, sin, cache=None):
+        if not torch.is_grad_enabled():
+            return super().forward(x, cos, sin, cache)
+        kwargs = {}
+        if self.checkpoint_mode == "selective":
+            kwargs["context_fn"] = partial(create_selective_checkpoint_contexts, _policy)
+        return checkpoint(super().forward, x, cos, sin, cache, use_reentrant=False, **kwargs)
+
+
+def checkpoint_block(block: nn.Module, mode: str) -> None:
+    """Recompute ``block``'s activations in backward: all of them (full) or all but matmul/attention
+    outputs (selective). Done by class swap, so parameter names stay as they are."""
+    swap_class(block, type("Checkpointed" + type(block).__name__, (_CheckpointedBlock, type(block)), {}),
+               checkpoint_mode=mode)
+
+
+def apply_fsdp(model: Transformer, cfg: ParallelConfig, mesh: DeviceMesh) -> None:
+    """FSDP2 per block, then the root. Experts under EP are sharded over the dp ranks left after ep, with
+    their gradient divided by the whole dp size (each rank's experts saw tokens from every ep peer)."""
+    if cfg.dp_shard * cfg.dp_replicate == 1:
+        return
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    mp = MixedPrecisionPolicy(param_dtype=dtypes[cfg.param_dtype], reduce_dtype=dtypes[cfg.reduce_dtype])
+    dp_mesh = mesh["dp_replicate", "dp_shard"] if cfg.dp_replicate > 1 else mesh["dp_shard"]
+    for block in model.layers.values():
+        ffn = block.feed_forward
+        if isinstance(ffn, MoE) and cfg.ep > 1:
+            expert_mesh = (mesh["dp_replicate", "dp_shard_mod_ep"] if cfg.dp_replicate > 1
+                           else mesh["dp_shard_mod_ep"])
+            fully_shard(ffn.experts, mesh=expert_mesh, mp_policy=mp)
+            ffn.experts.set_gradient_divide_factor(float(cfg.dp_replicate * cfg.dp_shard))
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp)
+    fully_shard(model, mesh=dp_mesh, mp_policy=mp)

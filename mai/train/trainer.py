@@ -1,0 +1,235 @@
+"""`mai train`: one loop from a single CPU process to a torchrun job on many GPUs.
+
+Each optimizer step draws ``grad_accum`` micro-batches from the deterministic mixture sampler, runs them
+under bf16 autocast (weights and AdamW state stay fp32), clips, steps, and logs loss, tokens/s and MFU.
+Validation, checkpoints and the final export happen on a fixed cadence. A run restarted on the same
+``out_dir`` continues from its newest complete checkpoint and reproduces the losses of a run that never
+stopped. When launched by torchrun the model is wrapped by :mod:`mai.parallel` from outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from mai.config import from_dict, to_dict
+from mai.data.sampler import MixtureSampler, ValidationBatches
+from mai.data.shards import TokenDataset, unigram_entropy
+from mai.errors import MaiError
+from mai.interop.native import save_native
+from mai.model.presets import train_flops_per_token
+from mai.model.transformer import Transformer
+from mai.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from mai.train.config import RunConfig
+from mai.train.logger import RunLogger, plot_loss
+from mai.train.peak import peak_flops
+from mai.train.schedule import lr_at
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    val_loss: float
+    unigram_entropy: float
+    tokens_per_s: float
+    mfu: float
+    out_dir: Path
+
+
+@dataclass
+class Runtime:
+    """Where this process runs: its device, its rank, and its slice of the data-parallel world."""
+
+    device: torch.device
+    rank: int
+    world: int
+    dp_rank: int
+    dp_world: int
+
+
+def setup_runtime(cfg: RunConfig) -> tuple[Runtime, object | None]:
+    """Join the process group when launched by torchrun; pick the device; build the mesh."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if world == 1 and not cfg.parallel:
+        device = torch.device("cuda" if want_cuda else "cpu")
+        return Runtime(device, 0, 1, 0, 1), None
+    # PARALLEL: mai.parallel validates the layout, joins the process group and builds the DeviceMesh.
+    from mai.parallel import ParallelConfig, build_mesh, data_parallel_coords
+
+    pcfg = from_dict(ParallelConfig, cfg.parallel, "parallel")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if want_cuda:
+        torch.cuda.set_device(local)
+    device = torch.device(f"cuda:{local}" if want_cuda else "cpu")
+    mesh = build_mesh(pcfg, world, device.type)
+    rank = dist.get_rank()
+    dp_rank, dp_world = data_parallel_coords(mesh)
+    return Runtime(device, rank, world, dp_rank, dp_world), (pcfg, mesh)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """AdamW; matrices decay, norms and biases don't (their scale is not a capacity knob)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    o = cfg.optim
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+
+
+def load_sources(cfg: RunConfig, vocab_size: int) -> list[tuple[TokenDataset, float]]:
+    sources = []
+    for src in cfg.data.sources:
+        ds = TokenDataset(src.path, "train")
+        if ds.vocab_size > vocab_size:
+            raise MaiError(f"{src.path} was tokenized with a vocabulary of {ds.vocab_size} but the model has "
+                           f"{vocab_size}; set model.vocab_size={ds.vocab_size} or re-tokenize")
+        sources.append((ds, src.weight))
+    return sources
+
+
+def evaluate(model: torch.nn.Module, batches: ValidationBatches, rt: Runtime, autocast) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in batches:
+            with autocast():
+                logits = model(x.to(rt.device))
+            total += F.cross_entropy(logits.float().flatten(0, 1), y.to(rt.device).flatten()).item()
+            count += 1
+    model.train()
+    return total / max(1, count)
+
+
+def write_config(cfg: RunConfig, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(out_dir / "config.yaml")
+
+
+def train(cfg: RunConfig) -> TrainResult:
+    cfg.validate()
+    rt, parallel = setup_runtime(cfg)
+    model_cfg = cfg.model_config()
+    sources = load_sources(cfg, model_cfg.vocab_size)
+    val_path = cfg.data.val_source or cfg.data.sources[0].path
+    val_batches = ValidationBatches(TokenDataset(val_path, "val"), cfg.data.seq_len, cfg.train.batch_size,
+                                    cfg.data.val_batches)
+    out_dir = Path(cfg.train.out_dir)
+    ckpt_root = out_dir / "checkpoints"
+    is_main = rt.rank == 0
+    if is_main:
+        write_config(cfg, out_dir)
+
+    torch.manual_seed(cfg.train.seed)
+    model = Transformer(model_cfg).to(rt.device)
+    if parallel is not None:
+        from mai.parallel import parallelize
+
+        model = parallelize(model, *parallel)
+    optimizer = build_optimizer(model, cfg)
+    step_fn = torch.compile(model) if cfg.train.compile else model
+    sampler = MixtureSampler(sources, cfg.data.seq_len, cfg.train.batch_size, cfg.train.seed,
+                             rank=rt.dp_rank, world_size=rt.dp_world)
+
+    start_step, tokens_seen = 0, 0
+    checkpoints = list_checkpoints(ckpt_root) if cfg.train.resume else []
+    if checkpoints:
+        run_state, _ = load_checkpoint(checkpoints[-1], model, optimizer, asdict(model_cfg))
+        sampler.load_state_dict(run_state["sampler"])
+        start_step, tokens_seen = run_state["step"], run_state["tokens"]
+
+    precision = cfg.train.precision
+    peak = cfg.train.peak_tflops * 1e12 or peak_flops(rt.device, precision)
+    flops_per_token = train_flops_per_token(model_cfg, cfg.data.seq_len)
+    tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len * rt.dp_world
+
+    def autocast():
+        return torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    log = RunLogger(out_dir, cfg.train.max_steps, start_step, is_main, cfg.train.progress)
+    if start_step:
+        log.message(f"resumed from {checkpoints[-1]} at step {start_step}")
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(ckpt_root, step, model, optimizer,
+                        {"sampler": sampler.state_dict(), "tokens": tokens_seen,
+                         "model_config": asdict(model_cfg)}, {}, cfg.train.keep_checkpoints)
+
+    started = time.perf_counter()
+    loss_value, tok_s, mfu, val_loss = math.nan, 0.0, 0.0, math.nan
+    step = start_step
+    model.train()
+    while step < cfg.train.max_steps:
+        t0 = time.perf_counter()
+        lr = lr_at(step, cfg.train.max_steps, cfg.optim)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=rt.device)
+        for _ in range(cfg.train.grad_accum):
+            x, y = sampler.next_batch()
+            x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+            with autocast():
+                logits = step_fn(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / cfg.train.grad_accum
+            loss.backward()
+            loss_sum += loss.detach()
+        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                     if cfg.optim.grad_clip > 0 else torch.zeros(()))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if dist.is_initialized():
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        step += 1
+        tokens_seen += tokens_per_step
+        loss_value = loss_sum.item()
+        if not math.isfinite(loss_value):
+            raise MaiError(f"the loss became {loss_value} at step {step}; lower optim.lr or check the data")
+        dt = time.perf_counter() - t0
+        tok_s = tokens_per_step / dt
+        mfu = tok_s / rt.world * flops_per_token / peak
+        log.progress(step, loss_value, tok_s, mfu)
+        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+            log.log(step, loss=loss_value, lr=lr, grad_norm=float(gn), tokens=tokens_seen, tokens_per_s=tok_s,
+                    mfu=mfu)
+        out_of_time = cfg.train.max_minutes and time.perf_counter() - started > 60 * cfg.train.max_minutes
+        last = step == cfg.train.max_steps or out_of_time
+        if step % cfg.train.eval_every == 0 or last:
+            val_loss = evaluate(model, val_batches, rt, autocast)
+            log.log(step, val_loss=val_loss)
+            log.message(f"step {step}: train loss {loss_value:.4f}, validation loss {val_loss:.4f}")
+        if step % cfg.train.ckpt_every == 0 or last:
+            checkpoint(step)
+        if out_of_time:
+            log.message(f"stopping at step {step}: train.max_minutes={cfg.train.max_minutes} reached")
+            break
+    log.close()
+
+    entropy = unigram_entropy(sources[0][0])
+    if math.isnan(val_loss):  # resumed at the end: nothing left to train
+        val_loss = evaluate(model, val_batches, rt, autocast)
+    tokenizer_dir = Path(cfg.tokenizer) if cfg.tokenizer else Path(cfg.data.sources[0].path) / "tokenizer"
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if is_main:
+        save_native(full, model_cfg, out_dir / "model", tokenizer_dir if tokenizer_dir.is_dir() else None)
+    if is_main:
+        plot_loss(out_dir, entropy)
+    with contextlib.suppress(Exception):
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return TrainResult(step, loss_value, val_loss, entropy, tok_s, mfu, out_dir)

@@ -1,0 +1,173 @@
+"""The batched engine: per-row cache numerics, continuous batching, seeds, stops, cancellation, JSON."""
+
+import json
+import threading
+
+import pytest
+import torch
+
+from mai.errors import MaiError
+from mai.infer.engine import Engine, token_texts
+from mai.infer.generate import Generation
+from mai.infer.kv_cache import RowKVCache
+from mai.infer.sampling import SamplingParams
+from mai.model.config import ModelConfig
+from mai.model.transformer import KVCache, Transformer
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
+                      max_seq_len=96, init_std=0.3)
+    return Transformer(cfg).eval()
+
+
+def decode(ids):
+    return "".join(chr(ord("a") + i % 26) if i < 52 else " " for i in ids)
+
+
+def test_row_cache_matches_single_sequence_cache():
+    model = tiny_model()
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
+    cache = RowKVCache(model.cfg, 96, rows=1, positions=4)  # forces growth in rows and positions
+    with torch.no_grad():
+        for p in prompts:
+            pre = KVCache(model.cfg, 1, len(p))
+            model(torch.tensor([p]), pre)
+            cache.add_row(pre)
+        nxt = torch.tensor([[20], [21], [22]])
+        batched = model(nxt, cache, positions=cache.positions(1))[:, -1]
+        for i, p in enumerate(prompts):
+            alone = model(torch.tensor([p + [20 + i]]))[0, -1]
+            assert torch.allclose(batched[i], alone, atol=1e-5)
+        cache.remove_row(0)  # the last row moves into row 0
+        again = model(torch.tensor([[30], [31]]), cache, positions=cache.positions(1))[:, -1]
+        ref = model(torch.tensor([prompts[2] + [22, 30]]))[0, -1]
+        assert torch.allclose(again[0], ref, atol=1e-5)
+
+
+def test_engine_matches_generation_and_requests_join_and_leave():
+    model = tiny_model()
+    engine = Engine(model, decode, stop_ids=[63], max_batch=5)
+    prompts = [[i + 1, (3 * i) % 50 + 1, 7] for i in range(12)]
+    params = [SamplingParams(max_tokens=4 + i % 5, temperature=0) for i in range(12)]
+    reqs = [engine.submit(p, sp) for p, sp in zip(prompts[:6], params[:6], strict=True)]
+    for _ in range(3):
+        engine.step()
+    reqs += [engine.submit(p, sp) for p, sp in zip(prompts[6:], params[6:], strict=True)]
+    while not all(r.done.is_set() for r in reqs):
+        engine.step()
+        assert engine.n_running <= 5
+    for r, p, sp in zip(reqs, prompts, params, strict=True):
+        ref = Generation(model, decode, p, sp, stop_ids=[63])
+        assert ref.run() == r.text and ref.token_ids == r.token_ids and ref.finish_reason == r.finish_reason
+
+
+def test_seeds_stop_strings_and_validation():
+    model = tiny_model()
+    engine = Engine(model, decode, max_batch=8)
+    sp = SamplingParams(max_tokens=12, temperature=1.0, seed=7)
+    a, b = engine.submit([1, 2], sp), engine.submit([1, 2], sp)
+    c = engine.submit([1, 2], SamplingParams(max_tokens=12, temperature=1.0, seed=8))
+    while not c.done.is_set():
+        engine.step()
+    assert a.token_ids == b.token_ids != c.token_ids
+    alone = Engine(model, decode).generate([1, 2], sp)
+    assert alone.token_ids == a.token_ids
+    full = Engine(model, decode).generate([3], SamplingParams(max_tokens=20, temperature=0))
+    stop = full.text[5:7]
+    cut = Engine(model, decode).generate([3], SamplingParams(max_tokens=20, temperature=0, stop=[stop]))
+    assert cut.text == full.text[: full.text.find(stop)] and cut.finish_reason == "stop"
+    with pytest.raises(MaiError, match="context"):
+        engine.submit(list(range(1, 97)), sp)
+    with pytest.raises(MaiError, match="empty"):
+        engine.submit([], sp)
+
+
+def test_cancellation_frees_the_row_and_streams_match():
+    model = tiny_model()
+    engine = Engine(model, decode)
+    events = []
+    long = engine.submit([5], SamplingParams(max_tokens=80, temperature=0), lambda r, e: events.append(e))
+    other = engine.submit([6], SamplingParams(max_tokens=5, temperature=0))
+    for _ in range(4):
+        engine.step()
+    engine.cancel(long)
+    engine.step()
+    assert long.finish_reason == "cancelled" and long.done.is_set() and engine.n_running <= 1
+    assert events[-1].finish_reason == "cancelled"
+    assert "".join(e.text for e in events) == long.text
+    while not other.done.is_set():
+        engine.step()
+    assert engine.n_running == 0
+
+
+def test_background_thread_serves_concurrent_submitters():
+    model = tiny_model()
+    engine = Engine(model, decode, max_batch=4)
+    engine.start()
+    try:
+        results = {}
+
+        def client(i):
+            results[i] = engine.generate([i + 1], SamplingParams(max_tokens=6, temperature=0)).text
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for i in range(10):
+            assert results[i] == Engine(model, decode).generate([i + 1], SamplingParams(max_tokens=6,
+                                                                                        temperature=0)).text
+    finally:
+        engine.shutdown()
+
+
+def test_logprobs_are_log_softmax_of_the_model():
+    model = tiny_model()
+    engine = Engine(model, decode, token_texts=token_texts(decode, 64))
+    events = []
+    engine.submit([9, 8], SamplingParams(max_tokens=3, temperature=0, logprobs=True, top_logprobs=3),
+                  lambda r, e: events.append(e))
+    while not events or events[-1].finish_reason is None:
+        engine.step()
+    lps = [lp for e in events for lp in e.logprobs]
+    assert len(lps) == 3
+    with torch.no_grad():
+        ref = torch.log_softmax(model(torch.tensor([[9, 8]]))[0, -1], -1)
+    assert abs(lps[0].logprob - float(ref.max())) < 1e-4 and lps[0].top[0][1] == lps[0].logprob
+    assert len(lps[0].top) == 3
+
+
+@pytest.mark.slow
+def test_smollm_greedy_alone_equals_among_31_others(smollm):
+    tok = smollm.tokenizer
+    topics = ["the sea", "bread", "a violin", "Mars", "winter", "chess", "bees", "a bridge"]
+    prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": f"Write one sentence about "
+                                                    f"{t} ({i})."}])) for i, t in enumerate(topics * 4)]
+    sp = SamplingParams(max_tokens=10, temperature=0)
+    engine = Engine(smollm.model, tok.decode, tok.stop_ids)
+    reqs = [engine.submit(p, sp) for p in prompts[:20]]
+    engine.step()
+    engine.step()
+    reqs += [engine.submit(p, sp) for p in prompts[20:]]  # join a running batch
+    while not all(r.done.is_set() for r in reqs):
+        engine.step()
+    for i in (0, 13, 27):
+        alone = Engine(smollm.model, tok.decode, tok.stop_ids).generate(prompts[i], sp)
+        assert alone.token_ids == reqs[i].token_ids
+        assert alone.text == reqs[i].text
+
+
+@pytest.mark.slow
+def test_smollm_json_mode_always_parses(smollm):
+    tok = smollm.tokenizer
+    texts = token_texts(tok.decode, tok.vocab_size)
+    prompt = tok.encode(tok.apply_chat_template([{"role": "user", "content": "Describe a cat as JSON with "
+                                                  "name, age and colour."}]))
+    engine = Engine(smollm.model, tok.decode, tok.stop_ids, token_texts=texts)
+    for max_tokens in (60, 7):
+        req = engine.generate(prompt, SamplingParams(max_tokens=max_tokens, temperature=0.7, seed=1,
+                                                     json_object=True))
+        assert isinstance(json.loads(req.text), dict), req.text
