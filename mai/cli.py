@@ -190,6 +190,16 @@ def cmd_convert(args: argparse.Namespace) -> None:
           f"parameters, {tok})")
 
 
+def cmd_checkpoint_export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mai.parallel.export import export_checkpoint, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(Path(args.checkpoint))
+    out = export_checkpoint(ckpt, Path(args.out), Path(args.tokenizer) if args.tokenizer else None)
+    print(f"wrote {out} from {ckpt}")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from mai.serve.catalog import Catalog, KeyEntry, ModelEntry, load_catalog
 
@@ -271,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--out", required=True, help="the Hugging Face directory to write")
     conv.add_argument("--max-shard-gb", type=float, default=5.0, help="shard the weights above this size")
     conv.set_defaults(func=cmd_convert)
+
+    ck = sub.add_parser("checkpoint", help="training checkpoints")
+    ck = ck.add_subparsers(dest="action", required=True)
+    exp = ck.add_parser("export", help="a sharded DCP checkpoint → one model.safetensors (a model directory)")
+    exp.add_argument("checkpoint", help="a step_XXXXXXXX folder, or a run's out_dir (newest complete one)")
+    exp.add_argument("out", help="output model directory")
+    exp.add_argument("--tokenizer", help="tokenizer folder to copy beside the weights")
+    exp.set_defaults(func=cmd_checkpoint_export)
 
     srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (chat, completions, moderations)")
     srv.add_argument("--catalog", help="a YAML/JSON catalog of models, API keys and limits")

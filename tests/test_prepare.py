@@ -159,6 +159,19 @@ def test_prepare_replaces_an_earlier_dataset(tok: MaiTokenizer, tmp_path: Path) 
     assert listed == {p.name for p in (tmp_path / "out").glob("*.bin")}  # the old shards are gone
 
 
+def test_workers_that_cannot_start_are_an_error_not_a_hang(tok: MaiTokenizer, tmp_path: Path) -> None:
+    tok.save(tmp_path / "tok")
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in WIKI[:50]))
+    script = tmp_path / "unguarded.py"  # no `if __name__ == "__main__":`: spawned workers re-run it and die
+    script.write_text(
+        "from mai.data.prepare import prepare\nfrom mai.tokenizer import load_tokenizer\n"
+        f"prepare([{str(tmp_path / 'a.jsonl')!r}], load_tokenizer({str(tmp_path / 'tok')!r}), "
+        f"{str(tmp_path / 'out')!r}, workers=2)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "MaiError: the tokenizer worker processes could not start" in proc.stderr
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mai.cli", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=300)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from mai.data.shards import ShardWriter, token_dtype
 from mai.errors import MaiError
@@ -164,10 +165,10 @@ def _encode(tokenizer: MaiTokenizer, dtype: np.dtype, val_cut: int,
     return out
 
 
-def _init_worker(tokenizer: MaiTokenizer, dtype: np.dtype, val_cut: int) -> None:
+def _init_worker(tokenizer_file: str, eos_token: str, dtype: np.dtype, val_cut: int) -> None:
     global _worker
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process: the pool is the parallelism
-    _worker = (tokenizer, dtype, val_cut)
+    _worker = (MaiTokenizer(Tokenizer.from_file(tokenizer_file), None, eos_token), dtype, val_cut)
 
 
 def _encode_in_worker(texts: list[str]) -> list[tuple[np.ndarray, int, int, bool]]:
@@ -269,11 +270,15 @@ def prepare(inputs: Sequence[str | Path] | None, tokenizer: MaiTokenizer, out_di
             for batch in _batches(texts, batch_docs):
                 consume(_encode(tokenizer, dtype, val_cut, batch))
         else:
-            # spawn, not fork: the parent may hold Rust worker threads. A pool whose workers cannot start
-            # fails with BrokenProcessPool instead of hanging as multiprocessing.Pool would.
+            # spawn, not fork: the parent may hold Rust worker threads. The tokenizer goes to the workers as
+            # a file, so that a worker that cannot start is reported (BrokenProcessPool) rather than leaving
+            # the parent blocked on a large pickle in the spawn pipe.
+            tok_file = out / f".tokenizer.{os.getpid()}.json"
+            tokenizer.tokenizer.save(str(tok_file))
+            stack.callback(tok_file.unlink, missing_ok=True)
             pool = stack.enter_context(ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                initargs=(tokenizer, dtype, val_cut)))
+                initargs=(str(tok_file), tokenizer.eos_token, dtype, val_cut)))
             pending: collections.deque[Future] = collections.deque()
             try:
                 for batch in _batches(texts, batch_docs):

@@ -37,8 +37,8 @@ class ParallelConfig:
         dp_shard = self.dp_shard
         if dp_shard == -1:
             if world_size % fixed:
-                raise MaiError(f"world size {world_size} is not divisible by dp_replicate {self.dp_replicate} × "
-                               f"tp {self.tp}; launch a multiple of {fixed} processes")
+                raise MaiError(f"world size {world_size} is not divisible by dp_replicate "
+                               f"{self.dp_replicate} × tp {self.tp}; launch a multiple of {fixed} processes")
             dp_shard = world_size // fixed
         if dp_shard < 1 or fixed * dp_shard != world_size:
             raise MaiError(f"mesh dp_replicate {self.dp_replicate} × dp_shard {dp_shard} × tp {self.tp} = "

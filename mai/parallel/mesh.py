@@ -2,10 +2,12 @@
 
 Mesh dimensions, outermost first: ``dp_replicate`` (HSDP replicas), ``dp_shard_mod_ep`` and ``ep`` (which
 together form the FSDP shard group ``dp_shard``), and ``tp`` (innermost, so tensor-parallel ranks share a
-node). Flattened views: ``dp_shard``, ``dp`` (every data-parallel rank: the sampler's world).
+node). :class:`Meshes` keeps the views the rest of mai.parallel needs, each built once.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -16,23 +18,38 @@ from mai.parallel.config import ParallelConfig
 DIMS = ("dp_replicate", "dp_shard_mod_ep", "ep", "tp")
 
 
+@dataclass
+class Meshes:
+    world: DeviceMesh  # the 4-D mesh
+    dp: DeviceMesh  # every data-parallel rank (the sampler's world); tp peers share data
+    fsdp: DeviceMesh  # FSDP2 mesh: dp_shard, or (dp_replicate, dp_shard) for HSDP
+    experts_fsdp: DeviceMesh  # FSDP2 mesh of expert weights: the dp ranks left after ep
+    ep: DeviceMesh
+    tp: DeviceMesh
+
+    def size(self) -> int:
+        return self.world.size()
+
+
 def build_mesh(cfg: ParallelConfig, world_size: int, device_type: str = "cpu",
-               model: ModelConfig | None = None) -> DeviceMesh:
+               model: ModelConfig | None = None) -> Meshes:
     """Validate ``cfg`` (and ``model``'s shapes) first, then init the process group (gloo on CPU, nccl on
-    GPU) if needed and return the 4-D mesh with its flattened ``dp_shard`` and ``dp`` views."""
+    GPU) if needed and build the meshes."""
     cfg = cfg.resolve(world_size)
     if model is not None:
         cfg.check_model(model)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     sizes = (cfg.dp_replicate, cfg.dp_shard // cfg.ep, cfg.ep, cfg.tp)
-    mesh = init_device_mesh(device_type, sizes, mesh_dim_names=DIMS)
-    mesh["dp_shard_mod_ep", "ep"]._flatten("dp_shard")
-    mesh["dp_replicate", "dp_shard_mod_ep", "ep"]._flatten("dp")
-    return mesh
+    world = init_device_mesh(device_type, sizes, mesh_dim_names=DIMS)
+    dp_shard = world["dp_shard_mod_ep", "ep"]._flatten("dp_shard")
+    dp = world["dp_replicate", "dp_shard_mod_ep", "ep"]._flatten("dp")
+    hsdp = cfg.dp_replicate > 1
+    return Meshes(world=world, dp=dp, fsdp=world["dp_replicate", "dp_shard"] if hsdp else dp_shard,
+                  experts_fsdp=world["dp_replicate", "dp_shard_mod_ep"] if hsdp else world["dp_shard_mod_ep"],
+                  ep=world["ep"], tp=world["tp"])
 
 
-def data_parallel_coords(mesh: DeviceMesh) -> tuple[int, int]:
+def data_parallel_coords(mesh: Meshes) -> tuple[int, int]:
     """(rank, size) of this process among the data-parallel ranks: tensor-parallel peers share data."""
-    dp = mesh["dp"]
-    return dp.get_local_rank(), dp.size()
+    return mesh.dp.get_local_rank(), mesh.dp.size()

@@ -98,7 +98,8 @@ def replicate_over(module: torch.nn.Module, mesh: DeviceMesh) -> None:
     for sub in module.modules():
         for name, p in list(sub.named_parameters(recurse=False)):
             if not isinstance(p, DTensor):
-                sub.register_parameter(name, torch.nn.Parameter(distribute_tensor(p.data, mesh, [Replicate()])))
+                replicated = distribute_tensor(p.data, mesh, [Replicate()])
+                sub.register_parameter(name, torch.nn.Parameter(replicated))
 
 
 def swap_class(module: torch.nn.Module, cls: type, **attrs) -> None:

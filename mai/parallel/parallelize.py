@@ -26,24 +26,30 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 from mai.model.moe import MoE
 from mai.model.transformer import Block, FeedForward, Transformer
 from mai.parallel.config import ParallelConfig
+from mai.parallel.mesh import Meshes
 from mai.parallel.moe import DistributedMoE, SequenceLocalMoE, replicate_over, shard_experts, swap_class
 
 
-def parallelize(model: Transformer, cfg: ParallelConfig, mesh: DeviceMesh) -> Transformer:
+def parallelize(model: Transformer, cfg: ParallelConfig, mesh: Meshes) -> Transformer:
     """Parallelize ``model`` in place over ``mesh`` (from :func:`mai.parallel.build_mesh`) and return it."""
     cfg = cfg.resolve(mesh.size())
     cfg.check_model(model.cfg)
     if cfg.tp > 1:
-        apply_tensor_parallel(model, mesh["tp"])
+        apply_tensor_parallel(model, mesh.tp)
     for block in model.layers.values():
         ffn = block.feed_forward
         if isinstance(ffn, MoE) and cfg.tp == 1:
             swap_class(ffn, DistributedMoE)
         if isinstance(ffn, MoE) and cfg.ep > 1:
-            shard_experts(ffn.experts, mesh["ep"])
+            shard_experts(ffn.experts, mesh.ep)
     if cfg.activation_checkpointing != "none":
         for block in model.layers.values():
-            checkpoint_block(block, cfg.activation_checkpointing)
+            mode = cfg.activation_checkpointing
+            if cfg.ep > 1 and isinstance(block.feed_forward, MoE):
+                # The experts' own FSDP hooks run again in recompute, which selective checkpointing's
+                # op-by-op replay rejects: these blocks are checkpointed in full.
+                mode = "full"
+            checkpoint_block(block, mode)
     if cfg.compile:
         for block in model.layers.values():
             block.compile()
@@ -72,7 +78,8 @@ def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
         }
         if isinstance(block.feed_forward, FeedForward):
             plan.update({
-                "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+                "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),),
+                                                   desired_input_layouts=(Replicate(),)),
                 "feed_forward.w1": ColwiseParallel(),
                 "feed_forward.w3": ColwiseParallel(),
                 "feed_forward.w2": RowwiseParallel(output_layouts=Shard(1)),
@@ -115,20 +122,17 @@ def checkpoint_block(block: nn.Module, mode: str) -> None:
                checkpoint_mode=mode)
 
 
-def apply_fsdp(model: Transformer, cfg: ParallelConfig, mesh: DeviceMesh) -> None:
+def apply_fsdp(model: Transformer, cfg: ParallelConfig, mesh: Meshes) -> None:
     """FSDP2 per block, then the root. Experts under EP are sharded over the dp ranks left after ep, with
     their gradient divided by the whole dp size (each rank's experts saw tokens from every ep peer)."""
     if cfg.dp_shard * cfg.dp_replicate == 1:
         return
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
     mp = MixedPrecisionPolicy(param_dtype=dtypes[cfg.param_dtype], reduce_dtype=dtypes[cfg.reduce_dtype])
-    dp_mesh = mesh["dp_replicate", "dp_shard"] if cfg.dp_replicate > 1 else mesh["dp_shard"]
     for block in model.layers.values():
         ffn = block.feed_forward
         if isinstance(ffn, MoE) and cfg.ep > 1:
-            expert_mesh = (mesh["dp_replicate", "dp_shard_mod_ep"] if cfg.dp_replicate > 1
-                           else mesh["dp_shard_mod_ep"])
-            fully_shard(ffn.experts, mesh=expert_mesh, mp_policy=mp)
+            fully_shard(ffn.experts, mesh=mesh.experts_fsdp, mp_policy=mp)
             ffn.experts.set_gradient_divide_factor(float(cfg.dp_replicate * cfg.dp_shard))
-        fully_shard(block, mesh=dp_mesh, mp_policy=mp)
-    fully_shard(model, mesh=dp_mesh, mp_policy=mp)
+        fully_shard(block, mesh=mesh.fsdp, mp_policy=mp)
+    fully_shard(model, mesh=mesh.fsdp, mp_policy=mp)

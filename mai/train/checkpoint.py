@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from mai.errors import MaiError
@@ -63,6 +64,12 @@ def list_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".partial"))
+
+
+def remove_partial(root: Path) -> None:
+    """Delete what killed writes left behind (``*.partial`` folders); complete checkpoints stay."""
+    for p in root.glob("step_*.partial") if root.is_dir() else []:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -118,7 +125,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
             dcp.load(state, checkpoint_id=str(path))
-    except Exception as exc:  # DCP raises many types for missing or truncated shard files
+    except (Exception, CheckpointException) as exc:  # CheckpointException is a BaseException
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MaiError(f"checkpoint {path} is damaged or incomplete: {first[:200]}") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])

@@ -27,9 +27,11 @@ from mai.data.sampler import MixtureSampler, ValidationBatches
 from mai.data.shards import TokenDataset, unigram_entropy
 from mai.errors import MaiError
 from mai.interop.native import save_native
+from mai.model.moe import moe_aux_loss, moe_load, update_expert_bias
 from mai.model.presets import train_flops_per_token
 from mai.model.transformer import Transformer
-from mai.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from mai.parallel.grad import clip_grad_norm_
+from mai.train.checkpoint import list_checkpoints, load_checkpoint, remove_partial, save_checkpoint
 from mai.train.config import RunConfig
 from mai.train.logger import RunLogger, plot_loss
 from mai.train.peak import peak_flops
@@ -75,7 +77,7 @@ def setup_runtime(cfg: RunConfig) -> tuple[Runtime, object | None]:
     if want_cuda:
         torch.cuda.set_device(local)
     device = torch.device(f"cuda:{local}" if want_cuda else "cpu")
-    mesh = build_mesh(pcfg, world, device.type)
+    mesh = build_mesh(pcfg, world, device.type, cfg.model_config())  # validates before joining
     rank = dist.get_rank()
     dp_rank, dp_world = data_parallel_coords(mesh)
     return Runtime(device, rank, world, dp_rank, dp_world), (pcfg, mesh)
@@ -134,6 +136,7 @@ def train(cfg: RunConfig) -> TrainResult:
     is_main = rt.rank == 0
     if is_main:
         write_config(cfg, out_dir)
+        remove_partial(ckpt_root)
 
     torch.manual_seed(cfg.train.seed)
     model = Transformer(model_cfg).to(rt.device)
@@ -180,18 +183,27 @@ def train(cfg: RunConfig) -> TrainResult:
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=rt.device)
+        expert_load = torch.zeros_like(moe_load(model))  # MoE: tokens per expert this step, per layer
         for _ in range(cfg.train.grad_accum):
             x, y = sampler.next_batch()
             x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
             with autocast():
                 logits = step_fn(x)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / cfg.train.grad_accum
-            loss.backward()
+            (loss + moe_aux_loss(model) / cfg.train.grad_accum).backward()  # MoE balance terms (0 if dense)
+            expert_load += moe_load(model)
             loss_sum += loss.detach()
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        # PARALLEL: parameters may sit on several meshes (FSDP, TP, EP experts); mai.parallel clips them all.
+        clip = clip_grad_norm_ if parallel is not None else torch.nn.utils.clip_grad_norm_
+        grad_norm = (clip(model.parameters(), cfg.optim.grad_clip)
                      if cfg.optim.grad_clip > 0 else torch.zeros(()))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if model_cfg.is_moe:
+            if dist.is_initialized():
+                dist.all_reduce(expert_load)  # every rank keeps the same expert bias
+            if model_cfg.moe_bias_update_rate:
+                update_expert_bias(model, expert_load, model_cfg.moe_bias_update_rate)
         if dist.is_initialized():
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         step += 1
@@ -207,6 +219,8 @@ def train(cfg: RunConfig) -> TrainResult:
             gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
             log.log(step, loss=loss_value, lr=lr, grad_norm=float(gn), tokens=tokens_seen, tokens_per_s=tok_s,
                     mfu=mfu)
+            if model_cfg.is_moe:
+                log.log(step, expert_load=expert_load.tolist())  # [moe layer][expert] tokens this step
         out_of_time = cfg.train.max_minutes and time.perf_counter() - started > 60 * cfg.train.max_minutes
         last = step == cfg.train.max_steps or out_of_time
         if step % cfg.train.eval_every == 0 or last:

@@ -64,7 +64,7 @@ def _config(tmp_path: Path, base: str, name: str, topics: list[str], **teacher) 
     cfg = {
         "name": name, "work_dir": str(tmp_path / name), "min_completion_tokens": 8,
         "teacher": {"base_url": f"{base}/v1", "model": "smollm2-135m", "api_key": "test", "max_tokens": 24,
-                    "timeout_s": 3, "backoff_s": 0.1, "max_retries": 4, "concurrency": 1, "rpm": 600,
+                    "timeout_s": 20, "backoff_s": 0.1, "max_retries": 4, "concurrency": 1, "rpm": 600,
                     "tpm": 100_000, **teacher},
         "prompts": {"mode": "templates", "topics": topics, "styles": ["textbook", "story"],
                     "audiences": ["young children"]},

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch.distributed as dist
-from harness import tiny, train_losses
 
 from mai.config import from_dict
 from mai.errors import MaiError
 from mai.parallel import ParallelConfig, build_mesh
+
+from .harness import tiny, train_losses
 
 HERE = Path(__file__).parent
 TOL = 1e-5

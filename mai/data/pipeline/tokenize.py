@@ -1,10 +1,11 @@
 """The pipeline's last step: kept documents → one token dataset per source, for ``mai train`` to mix.
 
-Shards are encoded in parallel (the tokenizer's Rust batch encoder) into ``WORK/tokens/SHARD.npz`` with a
-marker each; then, per source and in shard order, :class:`mai.data.shards.ShardWriter` packs them into
-``OUT/SOURCE`` with a train and a val split. A document goes to val when the 64-bit blake2b hash of its
-text falls below ``val_fraction`` (the rule of ``mai data prepare``; at least one document when the
-fraction is positive). Packing is cheap and always redone, so it needs no resume of its own.
+Shards are encoded in parallel (the tokenizer's Rust batch encoder) into
+``WORK/tokens/TOKENIZER/SHARD.npz``, with a marker each; then, per source and in shard order,
+:class:`mai.data.shards.ShardWriter` packs them into ``OUT/SOURCE`` with a train and a val split. A document
+goes to val when the 64-bit blake2b hash of its text falls below ``val_fraction`` (the rule of
+``mai data prepare``; at least one document when the fraction is positive). Packing is cheap and always
+redone, so it needs no resume of its own.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ BATCH = 256
 def _hash64(text: str) -> int:
     digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+def tokens_dir(run: PipelineRun, fingerprint: str) -> Path:
+    """Encoded shards, per tokenizer: switching tokenizers never reuses ids made by another one."""
+    return run.work / "tokens" / fingerprint[:16]
 
 
 def _encode_in_worker(task: tuple[dict[str, Any], str]) -> str:
@@ -52,7 +58,7 @@ def _encode_in_worker(task: tuple[dict[str, Any], str]) -> str:
         if len(batch) == BATCH:
             flush()
     flush()
-    folder = run.work / "tokens"
+    folder = tokens_dir(run, tok.fingerprint)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{key}.{os.getpid()}.npz"
     np.savez(tmp, ids=np.concatenate(ids) if ids else np.zeros(0, np.uint32),
@@ -70,7 +76,7 @@ def tokenize_outputs(run: PipelineRun, map_shards: MapShards) -> dict[str, Any]:
     cfg = run.spec.tokenize
     assert cfg is not None
     tok = load_tokenizer(cfg.tokenizer)
-    folder = run.work / "tokens"
+    folder = tokens_dir(run, tok.fingerprint)
     pending = [s.key for s in run.shards if not is_done(folder, s.key)]
     list(map_shards(_encode_in_worker, [(run.spec_json, k) for k in pending]))
     cut = int(cfg.val_fraction * 2**64)

@@ -1,0 +1,97 @@
+"""Exact resume: a `mai train` process killed with SIGKILL and started again gives the same losses as a
+run that never stopped, and a kill in the middle of writing a checkpoint never damages the last good one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from mai.config import resolve
+from mai.model.transformer import Transformer
+from mai.train.checkpoint import list_checkpoints, load_checkpoint
+from mai.train.config import RunConfig
+from mai.train.logger import read_metrics
+from mai.train.trainer import build_optimizer
+
+from .conftest import TINY, mai, train_args
+
+STEPS = 24
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(out) if "loss" in r}
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mai.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before it could be killed:\n{proc.stderr.read()[-2000:]}")
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail("timed out waiting for the kill point")
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, tmp_path_factory) -> dict[int, float]:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    mai(*train_args(dataset, out, f"train.max_steps={STEPS}", "train.ckpt_every=6"))
+    result = losses(out)
+    assert sorted(result) == list(range(1, STEPS + 1))
+    return result
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_matches_uninterrupted(dataset, reference, tmp_path):
+    args = train_args(dataset, tmp_path, f"train.max_steps={STEPS}", "train.ckpt_every=6")
+    proc = start(args)
+    # kill once step 6 is safely checkpointed and training has gone on past it
+    kill_when(proc, lambda: (tmp_path / "checkpoints" / "step_00000006").is_dir()
+              and len(losses(tmp_path)) >= 8)
+    assert proc.returncode == -signal.SIGKILL
+    assert max(losses(tmp_path)) < STEPS
+    resumed = mai(*args)
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    assert losses(tmp_path) == reference  # bit-for-bit the same losses at every step
+
+
+@pytest.mark.slow
+def test_kills_while_checkpointing_never_damage_the_last_good_one(dataset, reference, tmp_path):
+    args = train_args(dataset, tmp_path, f"train.max_steps={STEPS}", "train.ckpt_every=1",
+                      "train.keep_checkpoints=2")
+    cfg = resolve(RunConfig, {}, TINY)
+    for kill_after in (0.0, 0.004, 0.011):  # seconds after a new checkpoint folder starts being written
+        proc = start(args)
+        before = {p.name for p in list_checkpoints(tmp_path / "checkpoints")}
+
+        def writing(before=before, kill_after=kill_after):
+            partial = list((tmp_path / "checkpoints").glob("*.partial"))
+            fresh = [p for p in partial if p.name.removesuffix(".partial") not in before]
+            if fresh and len(losses(tmp_path)) > len(before) + 1:
+                time.sleep(kill_after)
+                return True
+            return False
+
+        kill_when(proc, writing)
+        newest = list_checkpoints(tmp_path / "checkpoints")[-1]
+        model = Transformer(cfg.model_config())
+        run_state, _ = load_checkpoint(newest, model, build_optimizer(model, cfg), asdict(cfg.model_config()))
+        assert run_state["step"] == int(newest.name.split("_")[1])
+    mai(*args)  # finishes from whatever survived
+    assert losses(tmp_path) == reference
+    assert not list((tmp_path / "checkpoints").glob("*.partial"))
