@@ -10,41 +10,24 @@ half shard listed. Each document is followed by the EOS token, and shards end on
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mai.errors import MaiError
+from mai.fileio import atomic_path, atomic_write_text
 
 FORMAT = "mai-tokens"
 VERSION = 1
 CHECKSUM = "blake2b-128"
 _HASH_BYTES = 16
 _VERIFY_CHUNK = 1 << 24  # bytes hashed at a time when verifying
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on failure remove it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -15,7 +15,7 @@ from typing import Any
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from mai.errors import MaiError
-from mai.interop.files import atomic_write_text
+from mai.fileio import atomic_write_text
 
 CONTROL = 3  # llama.cpp's token type for special/control tokens (1 = normal, 4 = user-defined)
 USER_DEFINED = 4

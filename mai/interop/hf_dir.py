@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mai.errors import MaiError
-from mai.interop.files import atomic_write, atomic_write_text
+from mai.fileio import atomic_path, atomic_write_text
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -78,13 +78,15 @@ def write_checkpoint(out: Path, config: dict[str, Any], sd: dict[str, torch.Tens
         size += nbytes
     meta = {"format": "pt"}
     if len(shards) == 1:
-        atomic_write(out / SINGLE, lambda tmp: save_file(shards[0], tmp, metadata=meta))
+        with atomic_path(out / SINGLE) as tmp:
+            save_file(shards[0], str(tmp), metadata=meta)
         (out / INDEX).unlink(missing_ok=True)
     else:
         weight_map = {}
         for i, shard in enumerate(shards, 1):
             name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            atomic_write(out / name, lambda tmp, s=shard: save_file(s, tmp, metadata=meta))
+            with atomic_path(out / name) as tmp:
+                save_file(shard, str(tmp), metadata=meta)
             weight_map.update(dict.fromkeys(shard, name))
         total = sum(t.numel() * t.element_size() for t in sd.values())
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
