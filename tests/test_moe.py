@@ -59,9 +59,15 @@ def test_grouped_mm_and_expert_loop_agree(monkeypatch):
     torch.manual_seed(0)
     x, w1, w3, w2 = torch.randn(20, 16), torch.randn(4, 16, 8), torch.randn(4, 16, 8), torch.randn(4, 8, 16)
     counts = torch.tensor([5, 0, 12, 3])
-    fast = grouped_swiglu(x, counts, w1, w2, w3)
-    monkeypatch.setattr(moe_mod, "_aligned", lambda *t: False)  # force the per-expert loop
-    torch.testing.assert_close(fast, grouped_swiglu(x, counts, w1, w2, w3))
+    exact = grouped_swiglu(x, counts, w1, w2, w3)  # fp32: the per-expert loop
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16: the grouped matmul (where torch has it)
+        fast = grouped_swiglu(x, counts, w1, w2, w3)
+    assert fast.dtype == torch.bfloat16
+    monkeypatch.setattr(moe_mod, "_aligned", lambda *t: False)  # force the loop in bf16 too
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loop = grouped_swiglu(x, counts, w1, w2, w3)
+    torch.testing.assert_close(fast, loop, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(fast.float(), exact, rtol=0, atol=0.03 * float(exact.abs().max()))
 
 
 def test_aux_loss_is_one_when_balanced_and_z_loss_adds():

@@ -1,8 +1,8 @@
 """Mixture-of-Experts feed-forward layer: a top-k token-choice router over SwiGLU experts.
 
 Dropless: every token reaches all of its k experts. Tokens are sorted by expert and each expert runs one
-matmul over its contiguous segment (``torch._grouped_mm`` where the build has it, else a loop over
-experts — never over tokens). Load balancing by an auxiliary loss (Switch Transformer), by the
+matmul over its contiguous segment (``torch._grouped_mm`` for bf16 where the build has it, else a loop
+over experts — never over tokens). Load balancing by an auxiliary loss (Switch Transformer), by the
 auxiliary-loss-free expert bias (DeepSeek-V3: the bias only changes which experts are chosen, not their
 weights), and an optional router z-loss (ST-MoE). After each forward the layer keeps, for the trainer:
 ``load`` (tokens per expert) and ``aux_loss`` (weighted aux + z loss, a scalar with gradient).
@@ -23,8 +23,12 @@ from mai.model.transformer import FeedForward
 def grouped_swiglu(x: torch.Tensor, counts: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
                    w3: torch.Tensor) -> torch.Tensor:
     """SwiGLU of rows ``x`` [M, d] sorted by expert; ``counts`` [E] rows per expert; w1/w3 [E, d, f],
-    w2 [E, f, d]. Returns [M, d] in the same row order."""
-    if hasattr(torch, "_grouped_mm") and _aligned(x, w1, w2):
+    w2 [E, f, d]. Returns [M, d] in the same row order. ``torch._grouped_mm`` (bf16 only, and autocast
+    does not cover it) where the build has it, else one matmul per expert segment."""
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, w1, w2, w3 = (t.to(dtype) for t in (x, w1, w2, w3))
+    if hasattr(torch, "_grouped_mm") and x.dtype == torch.bfloat16 and _aligned(x, w1, w2):
         offsets = torch.cumsum(counts, 0, dtype=torch.int32)
         h = F.silu(torch._grouped_mm(x, w1, offs=offsets)) * torch._grouped_mm(x, w3, offs=offsets)
         return torch._grouped_mm(h, w2, offs=offsets)

@@ -47,8 +47,6 @@ class ParallelConfig:
         if dp_shard % self.ep:
             raise MaiError(f"parallel.ep {self.ep} must divide dp_shard {dp_shard} (experts are spread over "
                            "data-parallel ranks)")
-        if self.ep > 1 and self.tp > 1:
-            raise MaiError("parallel.ep > 1 together with tp > 1 is not supported yet; use ep with dp_shard")
         return ParallelConfig(self.dp_replicate, dp_shard, self.tp, self.ep, self.activation_checkpointing,
                               self.param_dtype, self.reduce_dtype, self.compile)
 

@@ -7,6 +7,7 @@ node). :class:`Meshes` keeps the views the rest of mai.parallel needs, each buil
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch.distributed as dist
@@ -39,7 +40,11 @@ def build_mesh(cfg: ParallelConfig, world_size: int, device_type: str = "cpu",
     if model is not None:
         cfg.check_model(model)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if world_size == 1 and "MASTER_ADDR" not in os.environ:  # one process, not started by torchrun
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            dist.init_process_group(backend)
     sizes = (cfg.dp_replicate, cfg.dp_shard // cfg.ep, cfg.ep, cfg.tp)
     world = init_device_mesh(device_type, sizes, mesh_dim_names=DIMS)
     dp_shard = world["dp_shard_mod_ep", "ep"]._flatten("dp_shard")

@@ -51,8 +51,11 @@ class SequenceLocalMoE(DistributedMoE):
         if self._inside:
             return super().forward(x)
         group, tp = self.tp_mesh.get_group(), self.tp_mesh.size()
+        # Expert-parallel experts are their own FSDP unit (gathered only when called): they localise
+        # their weights themselves, with the same tp gradient sum (``grad_sum_group``).
+        own = isinstance(self.experts, ExpertParallelExperts)
         local = {name: _SumGradOverGroup.apply(p.to_local() if isinstance(p, DTensor) else p, group)
-                 for name, p in self.named_parameters()}
+                 for name, p in self.named_parameters() if not (own and name.startswith("experts."))}
         self._inside = True
         try:
             out = functional_call(self, local, (x.to_local() if isinstance(x, DTensor) else x,), strict=False)
@@ -66,6 +69,7 @@ class ExpertParallelExperts(torch.nn.Module):
     """Forward of :class:`mai.model.moe.GroupedExperts` with all-to-all token dispatch (class swap)."""
 
     ep_mesh: DeviceMesh
+    grad_sum_group = None  # the tp group when tensor parallel also runs (see SequenceLocalMoE)
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         group, ep = self.ep_mesh.get_group(), self.ep_mesh.size()
@@ -80,6 +84,8 @@ class ExpertParallelExperts(torch.nn.Module):
         expert_of_row = torch.arange(local_e, device=x.device).repeat(ep).repeat_interleave(recv.flatten())
         order = expert_of_row.argsort(stable=True)
         w1, w2, w3 = (w.to_local() if isinstance(w, DTensor) else w for w in (self.w1, self.w2, self.w3))
+        if self.grad_sum_group is not None:
+            w1, w2, w3 = (_SumGradOverGroup.apply(w, self.grad_sum_group) for w in (w1, w2, w3))
         y = grouped_swiglu(got[order], recv.sum(0), w1, w2, w3)
         y = y[order.argsort()]
         return funcol.all_to_all_single_autograd(y, in_splits, out_splits, group)

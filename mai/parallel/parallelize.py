@@ -27,21 +27,28 @@ from mai.model.moe import MoE
 from mai.model.transformer import Block, FeedForward, Transformer
 from mai.parallel.config import ParallelConfig
 from mai.parallel.mesh import Meshes
-from mai.parallel.moe import DistributedMoE, SequenceLocalMoE, replicate_over, shard_experts, swap_class
+from mai.parallel.moe import (
+    DistributedMoE,
+    ExpertParallelExperts,
+    SequenceLocalMoE,
+    replicate_over,
+    shard_experts,
+    swap_class,
+)
 
 
 def parallelize(model: Transformer, cfg: ParallelConfig, mesh: Meshes) -> Transformer:
     """Parallelize ``model`` in place over ``mesh`` (from :func:`mai.parallel.build_mesh`) and return it."""
     cfg = cfg.resolve(mesh.size())
     cfg.check_model(model.cfg)
-    if cfg.tp > 1:
-        apply_tensor_parallel(model, mesh.tp)
     for block in model.layers.values():
         ffn = block.feed_forward
-        if isinstance(ffn, MoE) and cfg.tp == 1:
+        if isinstance(ffn, MoE):
             swap_class(ffn, DistributedMoE)
-        if isinstance(ffn, MoE) and cfg.ep > 1:
-            shard_experts(ffn.experts, mesh.ep)
+            if cfg.ep > 1:  # before TP, which replicates what is not sharded yet
+                shard_experts(ffn.experts, mesh.ep)
+    if cfg.tp > 1:
+        apply_tensor_parallel(model, mesh.tp)
     if cfg.activation_checkpointing != "none":
         for block in model.layers.values():
             mode = cfg.activation_checkpointing
@@ -87,6 +94,8 @@ def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
         else:  # MoE: each rank routes its own sequence shard (see mai.parallel.moe)
             replicate_over(block.feed_forward, tp_mesh)
             swap_class(block.feed_forward, SequenceLocalMoE, tp_mesh=tp_mesh)
+            if isinstance(block.feed_forward.experts, ExpertParallelExperts):
+                block.feed_forward.experts.grad_sum_group = tp_mesh.get_group()
         parallelize_module(block, tp_mesh, plan)
 
 

@@ -62,11 +62,12 @@ def test_two_ranks_fsdp_tp_ep_match_one_process(tmp_path, reference):
 
 
 @pytest.mark.slow
-def test_four_ranks_dp2_tp2_and_hsdp_ep_match_one_process(tmp_path, reference):
+def test_four_ranks_dp2_tp2_hsdp_ep_and_ep_tp_match_one_process(tmp_path, reference):
     layouts = {
         "dense-dp2tp2": {"tp": 2},
         "moe-dp2tp2": {"tp": 2, "activation_checkpointing": "full"},
         "moe-hsdp-ep": {"dp_replicate": 2, "ep": 2},
+        "moe-ep2tp2": {"ep": 2, "tp": 2},
     }
     got = torchrun(tmp_path, 4, layouts)
     for name in layouts:
@@ -93,3 +94,14 @@ def test_unknown_layout_key_is_an_error():
         from_dict(ParallelConfig, {"tp_size": 2}, "parallel")
     with pytest.raises(MaiError, match="activation_checkpointing"):
         from_dict(ParallelConfig, {"activation_checkpointing": "some"}, "parallel")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("parallel.tp=2", "world size 1 is not divisible by dp_replicate 1 × tp 2"),
+    ("parallel.tpp=2", "unknown config key 'parallel.tpp'"),
+])
+def test_mai_train_rejects_bad_layout_before_joining(tmp_path, override, message):
+    cmd = [sys.executable, "-m", "mai.cli", "train", "model.preset=demo", f"train.out_dir={tmp_path}",
+           override]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"error: {message}" in proc.stderr and "Traceback" not in proc.stderr
