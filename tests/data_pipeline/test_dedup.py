@@ -74,3 +74,24 @@ def test_dedup_spans_shards_and_keeps_the_first(tmp_path: Path, wiki: list[str])
                                          "minhash_dedup": {"near_duplicate": 1}}
     kept = [r["text"] for p in sorted(Path(report["output_dir"]).rglob("*.zst")) for r in read_jsonl(p)]
     assert kept == wiki[0:60]  # the first of each group survives, in run order
+
+
+def test_decontam_ignores_ngrams_common_in_training(tmp_path: Path, wiki: list[str]) -> None:
+    """An evaluation n-gram found in more than 10 training documents is boilerplate, not a leak."""
+    boiler = "this article is licensed under the creative commons attribution share alike license v4"
+    leak = "the answer to the riddle of the sphinx is a man who crawls walks and then uses a cane"
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"q": boiler}) + "\n" + json.dumps({"q": leak}) + "\n")
+    docs = [t + "\n\n" + boiler.capitalize() + "." for t in wiki[:12]]  # boilerplate in 12 documents
+    docs += [wiki[20] + " Indeed " + leak + ".", wiki[21] + " " + leak.upper(), wiki[22]]  # a leak in 2
+    for i in range(3):
+        (tmp_path / f"{i}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs[i::3]))
+    spec = PipelineSpec(name="d", work_dir=str(tmp_path / "w"), workers=2,
+                        inputs=[InputConfig(source="s", reader="jsonl", paths=[str(tmp_path / "*.jsonl")])],
+                        steps=[{"type": "decontam", "files": [str(tmp_path / "eval.jsonl")]}])
+    report = run_pipeline(spec, log=None)
+    assert report["removed_by_step"] == {"decontam": {"eval_13gram_overlap": 2}}
+    assert report["documents"]["kept"] == 13
+    strict = PipelineSpec(name="d", work_dir=str(tmp_path / "w2"), workers=1, inputs=spec.inputs,
+                          steps=[{"type": "decontam", "files": [str(tmp_path / "eval.jsonl")],
+                                  "max_train_docs": None}])
+    assert run_pipeline(strict, log=None)["removed_by_step"] == {"decontam": {"eval_13gram_overlap": 14}}

@@ -121,10 +121,12 @@ def test_killed_synth_resumes_without_paying_twice(server: str, tmp_path: Path) 
     while True:
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
         assert time.time() < deadline
-        if db.exists():
-            with sqlite3.connect(db) as con:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
                 if con.execute("SELECT COUNT(*) FROM responses").fetchone()[0] >= 2:
                     break
+        except sqlite3.OperationalError:  # not created yet
+            pass
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -3,8 +3,10 @@ with any evaluation example, after the same normalisation on both sides (lowerca
 
 Evaluation examples come from JSONL files (every string field of an object, and strings in lists, joined),
 plain text files (one example per line) or inline ``texts``. Examples shorter than ``ngram`` words
-cannot match (use a smaller ``ngram`` for short tasks). Not done yet: GPT-3's exemption of n-grams
-that occur in more than 10 training documents (it needs a counting pass before the decisions).
+cannot match (use a smaller ``ngram`` for short tasks). As in GPT-3's decontamination, an n-gram found in
+more than ``max_train_docs`` (10) training documents is boilerplate, not a leak, and is ignored: the step
+counts every document's matches in a pass before it decides (documents that reach this stage, before the
+dedup steps of the same stage remove any).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from mai.data.pipeline.document import Document
 from mai.data.pipeline.readers import open_binary
-from mai.data.pipeline.step import Step
+from mai.data.pipeline.step import GlobalStep
 from mai.data.pipeline.textstats import normalize
 from mai.errors import MaiError
 
@@ -29,6 +32,7 @@ class DecontamConfig:
     files: list[str] = dataclasses.field(default_factory=list)
     texts: list[str] = dataclasses.field(default_factory=list)
     ngram: int = 13
+    max_train_docs: int | None = 10  # None: every shared n-gram counts
 
 
 def _strings(value: Any) -> list[str]:
@@ -63,11 +67,11 @@ def load_eval_texts(files: list[str]) -> list[str]:
 
 
 def ngram_hashes(text: str, n: int) -> np.ndarray:
-    """64-bit hashes of every word n-gram of the normalised text (process-local: Python's str hash)."""
-    ws = normalize(text).split()
+    """64-bit hashes of every word n-gram of the normalised text (the same in every process)."""
+    ws = normalize(text).encode("utf-8", "surrogatepass").split()
     if len(ws) < n:
         return np.zeros(0, dtype=np.uint64)
-    h = np.array([hash(w) for w in ws], dtype=np.int64).view(np.uint64)
+    h = np.fromiter(map(xxhash.xxh64_intdigest, ws), dtype=np.uint64, count=len(ws))
     m = len(ws) - n + 1
     out = np.zeros(m, dtype=np.uint64)
     with np.errstate(over="ignore"):
@@ -76,9 +80,20 @@ def ngram_hashes(text: str, n: int) -> np.ndarray:
     return out
 
 
-class Decontaminate(Step):
+class Decontaminate(GlobalStep):
     Config = DecontamConfig
     kind = "decontam"
+    counts_first = True
+    meta_key = "_eval_ngrams"
+
+    def __init__(self, cfg: DecontamConfig, label: str | None = None) -> None:
+        super().__init__(cfg, label)
+        missing = [f for f in cfg.files if not Path(f).is_file()]
+        if missing:  # checked up front: the index itself is built lazily, in each worker
+            raise MaiError(f"decontam: evaluation file not found: {missing[0]}")
+        if not cfg.files and not cfg.texts:
+            raise MaiError("decontam: no evaluation texts; set 'files' (JSONL/text) or 'texts'")
+        self.doc_counts: dict[int, int] = {}  # evaluation n-gram → training documents containing it
 
     @cached_property
     def index(self) -> np.ndarray:
@@ -86,13 +101,35 @@ class Decontaminate(Step):
         texts = list(self.cfg.texts) + load_eval_texts(self.cfg.files)
         if not texts:
             raise MaiError("decontam: no evaluation texts; set 'files' (JSONL/text) or 'texts'")
-        parts = [ngram_hashes(t, self.cfg.ngram) for t in texts]
-        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint64)
+        return np.unique(np.concatenate([ngram_hashes(t, self.cfg.ngram) for t in texts]))
 
-    def __call__(self, doc: Document) -> str | None:
+    def prepare(self, doc: Document) -> None:
         grams = ngram_hashes(doc.text, self.cfg.ngram)
+        hits: list[int] = []
         if grams.size and self.index.size:
             pos = np.searchsorted(self.index, grams).clip(max=self.index.size - 1)
-            if bool((self.index[pos] == grams).any()):
-                return f"eval_{self.cfg.ngram}gram_overlap"
+            hits = np.unique(grams[self.index[pos] == grams]).tolist()
+        doc.metadata[self.meta_key] = hits
+
+    def _hits(self, doc: Document) -> list[int]:
+        if self.meta_key not in doc.metadata:
+            self.prepare(doc)
+        return doc.metadata[self.meta_key]
+
+    def observe(self, doc: Document) -> None:
+        for h in self._hits(doc):
+            self.doc_counts[h] = self.doc_counts.get(h, 0) + 1
+
+    def __call__(self, doc: Document) -> str | None:
+        hits = self._hits(doc)
+        doc.metadata.pop(self.meta_key)
+        limit = self.cfg.max_train_docs
+        if any(limit is None or self.doc_counts.get(h, 0) <= limit for h in hits):
+            return f"eval_{self.cfg.ngram}gram_overlap"
         return None
+
+    def load_state(self, state_dir: Path, finished: list[str]) -> None:
+        self.doc_counts = {}  # rebuilt by the counting pass of every run
+
+    def save_state(self, state_dir: Path, shard_key: str) -> None:
+        """Nothing to save: the counts come from the stage's inputs, which stay on disk."""

@@ -207,6 +207,10 @@ def run_pipeline(spec: PipelineSpec, map_shards: MapShards | None = None,
         else:
             map_shards = pool_map(spec.workers)
     run = PipelineRun(spec)
+    if spec.tokenize is not None:  # fail before the work, not after it
+        from mai.tokenizer import load_tokenizer
+
+        load_tokenizer(spec.tokenize.tokenizer)
     _check_work_dir(run)
     for stage in run.stages:
         pending = run.pending(stage.index)
@@ -220,6 +224,13 @@ def run_pipeline(spec: PipelineSpec, map_shards: MapShards | None = None,
         finished = [s.key for s in run.shards if s.key not in pending]
         for step in stage.steps:
             step.load_state(run.work / "state", finished)  # type: ignore[attr-defined]
+        counting = [s for s in stage.steps if s.counts_first]  # type: ignore[attr-defined]
+        if counting and pending:
+            for shard in run.shards:
+                for row in read_jsonl(run.docs_path(stage.index - 1, shard.key)):
+                    doc = Document.from_json(row)
+                    for step in counting:
+                        step.observe(doc)  # type: ignore[attr-defined]
         for key in pending:
             run.run_shard(stage, key)
     per_shard = []

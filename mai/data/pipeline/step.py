@@ -30,7 +30,16 @@ class Step:
 
 
 class GlobalStep(Step):
-    """A step whose decision depends on all documents before it in the run (shards in a fixed order)."""
+    """A step whose decision depends on all documents before it in the run (shards in a fixed order).
+
+    A step that needs to see every document before deciding on any (``counts_first = True``) gets each
+    one through ``observe`` in a counting pass that precedes the decisions (and is redone on resume).
+    """
+
+    counts_first: ClassVar[bool] = False
+
+    def observe(self, doc: Document) -> None:
+        """Counting pass, for steps with ``counts_first``."""
 
     def prepare(self, doc: Document) -> None:
         """Parallel part: compute what the decision needs (hashes, signatures) into ``doc.metadata``."""
