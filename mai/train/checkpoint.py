@@ -72,32 +72,61 @@ def remove_partial(root: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    run_state: dict[str, Any], rank_state: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint ``step`` from every rank (a collective call); returns its final path."""
-    rank, world = _rank_world()
-    final = step_dir(root, step)
-    partial = final.with_name(final.name + ".partial")
-    if rank == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    _barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    with warnings.catch_warnings():  # one process without a process group is a supported DCP mode
-        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(partial))
-    with open(partial / f"rank_{rank:05d}.pkl", "wb") as f:
-        pickle.dump({**rank_state, "rng": rng_state()}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    _barrier()
-    if rank == 0:
-        (partial / STATE_FILE).write_text(json.dumps({**run_state, "step": step, "world_size": world}))
-        os.replace(partial, final)  # the moment the checkpoint becomes visible
-        for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    _barrier()
-    return final
+class Checkpointer:
+    """Writes checkpoints from every rank (each call is collective).
+
+    With ``async_save`` the model and optimizer shards are copied to host memory and written by a
+    background thread while training goes on; the checkpoint is finished (state file, rename into place,
+    pruning) by the next ``save`` or by ``wait``, so a crash meanwhile leaves only a ``.partial`` folder.
+    """
+
+    def __init__(self, root: Path, keep: int, async_save: bool = False):
+        self.root, self.keep, self.async_save = root, keep, async_save
+        self._pending: tuple[Any, Path, Path, dict[str, Any]] | None = None
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             run_state: dict[str, Any], rank_state: dict[str, Any]) -> Path:
+        self.wait()
+        rank, _ = _rank_world()
+        final = step_dir(self.root, step)
+        partial = final.with_name(final.name + ".partial")
+        if rank == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+        _barrier()
+        with open(partial / f"rank_{rank:05d}.pkl", "wb") as f:
+            pickle.dump({**rank_state, "rng": rng_state()}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        with warnings.catch_warnings():  # one process without a process group is a supported DCP mode
+            warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+            if self.async_save:
+                self._pending = (dcp.async_save(state, checkpoint_id=str(partial)), partial, final, run_state)
+                return final
+            dcp.save(state, checkpoint_id=str(partial))
+        self._finish(partial, final, run_state)
+        return final
+
+    def wait(self) -> None:
+        """Finish the checkpoint still being written in the background, if any."""
+        if self._pending is not None:
+            future, partial, final, run_state = self._pending
+            self._pending = None
+            future.result()
+            self._finish(partial, final, run_state)
+
+    def _finish(self, partial: Path, final: Path, run_state: dict[str, Any]) -> None:
+        _barrier()
+        rank, world = _rank_world()
+        if rank == 0:
+            step = int(final.name.split("_")[1])
+            (partial / STATE_FILE).write_text(json.dumps({**run_state, "step": step, "world_size": world}))
+            os.replace(partial, final)  # the moment the checkpoint becomes visible
+            for old in list_checkpoints(self.root)[: -self.keep] if self.keep > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+        _barrier()
 
 
 def read_run_state(path: Path) -> dict[str, Any]:

@@ -58,11 +58,13 @@ class LoopConfig:
     eval_every: int = 100
     ckpt_every: int = 200
     keep_checkpoints: int = 2
+    async_checkpoint: bool = False  # write checkpoints in a background thread while training goes on
     resume: bool = True  # continue from the newest complete checkpoint in out_dir
     device: str = "auto"  # auto = cuda when available, else cpu
     threads: int = 0  # CPU threads for torch; 0 = torch's default
     peak_tflops: float = 0.0  # MFU denominator; 0 = known GPU table, or measured matmul peak on CPU
     progress: bool = True
+    init_from: str | None = None  # start from these weights (mai export, run dir, HF dir, .gguf)
 
 
 @dataclass
@@ -86,7 +88,8 @@ class RunConfig:
         return cfg
 
     def validate(self) -> None:
-        self.model_config()
+        if not self.train.init_from:  # else the model's shape comes from the checkpoint
+            self.model_config()
         if not self.data.sources:
             raise MaiError("data.sources is empty: give at least one token-shard directory")
         for s in self.data.sources:

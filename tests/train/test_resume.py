@@ -95,3 +95,19 @@ def test_kills_while_checkpointing_never_damage_the_last_good_one(dataset, refer
     mai(*args)  # finishes from whatever survived
     assert losses(tmp_path) == reference
     assert not list((tmp_path / "checkpoints").glob("*.partial"))
+
+
+@pytest.mark.slow
+def test_async_checkpoints_resume_exactly(dataset, reference, tmp_path):
+    """Background-written checkpoints hold the same state: a run resumed from one matches the reference."""
+    first = train_args(dataset, tmp_path, f"train.max_steps={STEPS}", "train.ckpt_every=6",
+                       "train.async_checkpoint=true")
+    mai(*first)
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_00000018", "step_00000024"]
+    # drop the last checkpoint and the tail of the metrics, then resume from the async step-18 checkpoint
+    import shutil
+
+    shutil.rmtree(tmp_path / "checkpoints" / "step_00000024")
+    resumed = mai(*first)
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    assert losses(tmp_path) == reference
