@@ -13,8 +13,10 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -31,7 +33,7 @@ from mai.model.moe import moe_aux_loss, moe_load, update_expert_bias
 from mai.model.presets import train_flops_per_token
 from mai.model.transformer import Transformer
 from mai.parallel.grad import clip_grad_norm_
-from mai.train.checkpoint import list_checkpoints, load_checkpoint, remove_partial, save_checkpoint
+from mai.train.checkpoint import Checkpointer, list_checkpoints, load_checkpoint, remove_partial
 from mai.train.config import RunConfig
 from mai.train.logger import RunLogger, plot_loss
 from mai.train.peak import peak_flops
@@ -103,14 +105,40 @@ def load_sources(cfg: RunConfig, vocab_size: int) -> list[tuple[TokenDataset, fl
     return sources
 
 
-def evaluate(model: torch.nn.Module, batches: ValidationBatches, rt: Runtime, autocast) -> float:
+Objective = Callable[[Callable[[torch.Tensor], torch.Tensor], tuple], tuple[torch.Tensor, dict[str, float]]]
+
+
+def lm_loss(model_fn: Callable[[torch.Tensor], torch.Tensor],
+            batch: tuple) -> tuple[torch.Tensor, dict[str, float]]:
+    """Next-token cross-entropy; targets of -100 (SFT's non-assistant tokens, padding) carry no loss."""
+    x, y = batch
+    return F.cross_entropy(model_fn(x).float().flatten(0, 1), y.flatten(), ignore_index=-100), {}
+
+
+@dataclass
+class BatchSource:
+    """What post-training plugs into the one loop: its batches, its objective and its tokenizer.
+
+    ``sampler(seed, rank, world, batch_size)`` returns an object with ``next_batch()`` (a tuple of tensors),
+    ``state_dict()`` and ``load_state_dict()`` (saved in checkpoints for exact resume); ``val_batches`` is a
+    fixed sequence of such tuples. Pretraining's default is the token-shard mixture with :func:`lm_loss`.
+    """
+
+    sampler: Callable[[int, int, int, int], Any]
+    val_batches: Sequence[tuple]
+    objective: Objective = lm_loss
+    tokenizer_dir: Path | None = None
+
+
+def evaluate(model: torch.nn.Module, batches: Sequence[tuple], rt: Runtime, autocast,
+             objective: Objective = lm_loss) -> float:
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for x, y in batches:
+        for batch in batches:
             with autocast():
-                logits = model(x.to(rt.device))
-            total += F.cross_entropy(logits.float().flatten(0, 1), y.to(rt.device).flatten()).item()
+                loss, _ = objective(model, tuple(t.to(rt.device) for t in batch))
+            total += loss.item()
             count += 1
     model.train()
     return total / max(1, count)
@@ -123,14 +151,27 @@ def write_config(cfg: RunConfig, out_dir: Path) -> None:
     tmp.replace(out_dir / "config.yaml")
 
 
-def train(cfg: RunConfig) -> TrainResult:
+def train(cfg: RunConfig, source: BatchSource | None = None) -> TrainResult:
+    """Pretrain on cfg.data's token shards, or post-train on ``source`` (SFT, DPO: mai.post)."""
     cfg.validate()
     rt, parallel = setup_runtime(cfg)
-    model_cfg = cfg.model_config()
-    sources = load_sources(cfg, model_cfg.vocab_size)
-    val_path = cfg.data.val_source or cfg.data.sources[0].path
-    val_batches = ValidationBatches(TokenDataset(val_path, "val"), cfg.data.seq_len, cfg.train.batch_size,
-                                    cfg.data.val_batches)
+    init = None
+    if cfg.train.init_from:  # start from existing weights (own export, HF dir, GGUF); its shape wins
+        from mai.interop import load_model
+
+        init = load_model(cfg.train.init_from)
+        if init.cfg.max_seq_len < cfg.data.seq_len:
+            raise MaiError(f"data.seq_len {cfg.data.seq_len} exceeds the context of {cfg.train.init_from}")
+    model_cfg = init.cfg if init is not None else cfg.model_config()
+    pretraining = source is None
+    if source is None:
+        sources = load_sources(cfg, model_cfg.vocab_size)
+        val_path = cfg.data.val_source or cfg.data.sources[0].path
+        source = BatchSource(
+            lambda seed, rank, world, batch: MixtureSampler(sources, cfg.data.seq_len, batch, seed, rank=rank,
+                                                            world_size=world),
+            ValidationBatches(TokenDataset(val_path, "val"), cfg.data.seq_len, cfg.train.batch_size,
+                              cfg.data.val_batches))
     out_dir = Path(cfg.train.out_dir)
     ckpt_root = out_dir / "checkpoints"
     is_main = rt.rank == 0
@@ -139,15 +180,14 @@ def train(cfg: RunConfig) -> TrainResult:
         remove_partial(ckpt_root)
 
     torch.manual_seed(cfg.train.seed)
-    model = Transformer(model_cfg).to(rt.device)
+    model = (init.model.float().train() if init is not None else Transformer(model_cfg)).to(rt.device)
     if parallel is not None:
         from mai.parallel import parallelize
 
         model = parallelize(model, *parallel)
     optimizer = build_optimizer(model, cfg)
     step_fn = torch.compile(model) if cfg.train.compile else model
-    sampler = MixtureSampler(sources, cfg.data.seq_len, cfg.train.batch_size, cfg.train.seed,
-                             rank=rt.dp_rank, world_size=rt.dp_world)
+    sampler = source.sampler(cfg.train.seed, rt.dp_rank, rt.dp_world, cfg.train.batch_size)
 
     start_step, tokens_seen = 0, 0
     checkpoints = list_checkpoints(ckpt_root) if cfg.train.resume else []
@@ -168,10 +208,11 @@ def train(cfg: RunConfig) -> TrainResult:
     if start_step:
         log.message(f"resumed from {checkpoints[-1]} at step {start_step}")
 
+    checkpointer = Checkpointer(ckpt_root, cfg.train.keep_checkpoints, cfg.train.async_checkpoint)
+
     def checkpoint(step: int) -> None:
-        save_checkpoint(ckpt_root, step, model, optimizer,
-                        {"sampler": sampler.state_dict(), "tokens": tokens_seen,
-                         "model_config": asdict(model_cfg)}, {}, cfg.train.keep_checkpoints)
+        checkpointer.save(step, model, optimizer, {"sampler": sampler.state_dict(), "tokens": tokens_seen,
+                                                   "model_config": asdict(model_cfg)}, {})
 
     started = time.perf_counter()
     loss_value, tok_s, mfu, val_loss = math.nan, 0.0, 0.0, math.nan
@@ -185,11 +226,10 @@ def train(cfg: RunConfig) -> TrainResult:
         loss_sum = torch.zeros((), device=rt.device)
         expert_load = torch.zeros_like(moe_load(model))  # MoE: tokens per expert this step, per layer
         for _ in range(cfg.train.grad_accum):
-            x, y = sampler.next_batch()
-            x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+            batch = tuple(t.to(rt.device, non_blocking=True) for t in sampler.next_batch())
             with autocast():
-                logits = step_fn(x)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / cfg.train.grad_accum
+                loss, extras = source.objective(step_fn, batch)
+            loss = loss / cfg.train.grad_accum
             (loss + moe_aux_loss(model) / cfg.train.grad_accum).backward()  # MoE balance terms (0 if dense)
             expert_load += moe_load(model)
             loss_sum += loss.detach()
@@ -218,13 +258,13 @@ def train(cfg: RunConfig) -> TrainResult:
         if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
             gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
             log.log(step, loss=loss_value, lr=lr, grad_norm=float(gn), tokens=tokens_seen, tokens_per_s=tok_s,
-                    mfu=mfu)
+                    mfu=mfu, **extras)  # extras: the objective's own numbers (DPO reward margins)
             if model_cfg.is_moe:
                 log.log(step, expert_load=expert_load.tolist())  # [moe layer][expert] tokens this step
         out_of_time = cfg.train.max_minutes and time.perf_counter() - started > 60 * cfg.train.max_minutes
         last = step == cfg.train.max_steps or out_of_time
         if step % cfg.train.eval_every == 0 or last:
-            val_loss = evaluate(model, val_batches, rt, autocast)
+            val_loss = evaluate(model, source.val_batches, rt, autocast, source.objective)
             log.log(step, val_loss=val_loss)
             log.message(f"step {step}: train loss {loss_value:.4f}, validation loss {val_loss:.4f}")
         if step % cfg.train.ckpt_every == 0 or last:
@@ -232,17 +272,19 @@ def train(cfg: RunConfig) -> TrainResult:
         if out_of_time:
             log.message(f"stopping at step {step}: train.max_minutes={cfg.train.max_minutes} reached")
             break
+    checkpointer.wait()
     log.close()
 
-    entropy = unigram_entropy(sources[0][0])
+    entropy = unigram_entropy(sources[0][0]) if pretraining else math.nan
     if math.isnan(val_loss):  # resumed at the end: nothing left to train
-        val_loss = evaluate(model, val_batches, rt, autocast)
-    tokenizer_dir = Path(cfg.tokenizer) if cfg.tokenizer else Path(cfg.data.sources[0].path) / "tokenizer"
+        val_loss = evaluate(model, source.val_batches, rt, autocast, source.objective)
+    tokenizer_dir = (Path(cfg.tokenizer) if cfg.tokenizer else source.tokenizer_dir
+                     or Path(cfg.data.sources[0].path) / "tokenizer")
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if is_main:
         save_native(full, model_cfg, out_dir / "model", tokenizer_dir if tokenizer_dir.is_dir() else None)
     if is_main:
-        plot_loss(out_dir, entropy)
+        plot_loss(out_dir, None if math.isnan(entropy) else entropy)
     with contextlib.suppress(Exception):
         if dist.is_initialized():
             dist.destroy_process_group()
