@@ -38,7 +38,10 @@ PRESETS: dict[str, ModelConfig] = {
     "mai-1-moe": ModelConfig(vocab_size=129280, d_model=7168, n_layers=61, n_heads=56, n_kv_heads=8,
                              head_dim=128, ffn_dim=18432, max_seq_len=4096, rope_theta=10000.0,
                              n_experts=192, top_k=8, n_shared_experts=1, expert_ffn_dim=2048,
-                             first_dense_layers=3),
+                             first_dense_layers=3,
+                             # DeepSeek-V3's balancing (paper §2.1.2): sigmoid scores, bias updates at
+                             # rate 1e-3, and only a tiny auxiliary loss (α = 1e-4)
+                             moe_score="sigmoid", moe_bias_update_rate=1e-3, moe_aux_loss_coef=1e-4),
 }
 
 
