@@ -65,11 +65,15 @@ def main() -> None:
 
     torch.manual_seed(0)
     cfg = ModelConfig(**SHAPE)
-    batches = [(torch.randint(0, cfg.vocab_size, (BATCH, SEQ)), torch.randint(0, cfg.vocab_size, (BATCH, SEQ)))
-               for _ in range(4)]
+    def tokens() -> torch.Tensor:
+        return torch.randint(0, cfg.vocab_size, (BATCH, SEQ))
+
+    batches = [(tokens(), tokens()) for _ in range(4)]
     flops_per_token = train_flops_per_token(cfg, SEQ)
-    peaks = {"fp32": measure_matmul_flops(torch.float32, 2048), "bf16": measure_matmul_flops(torch.bfloat16, 2048)}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; shape {SHAPE}, seq {SEQ}, batch {BATCH}")
+    peaks = {name: measure_matmul_flops(dtype, 2048)
+             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; shape {SHAPE}")
+    print(f"seq {SEQ}, batch {BATCH}")
     print(f"matmul peak here: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
 
     contenders = {

@@ -26,7 +26,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check ``value`` against the type ``hint`` and convert the harmless cases (int → float, list → tuple)."""
+    """Check ``value`` against ``hint``; convert the harmless cases (int → float, list → tuple)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)

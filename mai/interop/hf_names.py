@@ -48,7 +48,8 @@ def hf_config_to_mai(hf: dict[str, Any], max_seq_len: int | None = None) -> Mode
     """A :class:`ModelConfig` from a HF ``config.json`` mapping of a supported family."""
     model_type = hf.get("model_type", "llama")
     if model_type not in SUPPORTED_TYPES:
-        raise MaiError(f"model_type '{model_type}' is not supported (supported: {', '.join(SUPPORTED_TYPES)})")
+        known = ", ".join(SUPPORTED_TYPES)
+        raise MaiError(f"model_type '{model_type}' is not supported (supported: {known})")
     rope = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling") or rope
     if scaling.get("rope_type", scaling.get("type", "default")) not in ("default", None):

@@ -1,4 +1,4 @@
-"""Bad input to `mai train`/`mai generate` ends in one `error: ...` line and exit code 2, never a traceback."""
+"""Bad input to `mai train` / `mai generate`: one `error: ...` line, exit code 2, never a traceback."""
 
 from __future__ import annotations
 
