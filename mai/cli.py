@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -140,17 +141,18 @@ def _sampling_params(args: argparse.Namespace):
                           stop=list(args.stop or []))
 
 
-def _load_for_generation(path: str):
+def _load_for_generation(path: str, quant: str = "none"):
+    from mai.infer.quant import apply_quant
     from mai.interop.native import load_native
     from mai.tokenizer import load_tokenizer
 
-    return load_native(path), load_tokenizer(path)
+    return apply_quant(load_native(path), quant), load_tokenizer(path)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from mai.infer.generate import Generation
 
-    model, tok = _load_for_generation(args.model)
+    model, tok = _load_for_generation(args.model, args.quant)
     params = _sampling_params(args)
     prompt_ids = tok.encode(args.prompt, add_bos=tok.bos_id is not None)
     gen = Generation(model, tok.decode, prompt_ids, params, stop_ids=tok.stop_ids)
@@ -163,7 +165,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_chat(args: argparse.Namespace) -> None:
     from mai.infer.generate import Generation
 
-    model, tok = _load_for_generation(args.model)
+    model, tok = _load_for_generation(args.model, args.quant)
     params = _sampling_params(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     print("chat: type a message, an empty line or Ctrl-D ends", file=sys.stderr)
@@ -206,7 +208,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     if args.catalog:
         catalog = load_catalog(args.catalog)
     elif args.model:
-        catalog = Catalog([ModelEntry(name=args.name, path=args.model, max_len=args.max_len)])
+        catalog = Catalog([ModelEntry(name=args.name, path=args.model, max_len=args.max_len,
+                                      quant=args.quant)])
     else:
         raise MaiError("give --catalog FILE or --model PATH (e.g. --model bundled:smollm2)")
     if args.api_key:
@@ -219,6 +222,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise MaiError(f"serving needs the serve extra: pip install 'mai[serve]' ({exc})") from None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not catalog.api_keys:
         print(f"warning: serving on {args.host} without API keys", file=sys.stderr)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler found before: exit 0 there
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(create_app(catalog), host=args.host, port=args.port, log_level="warning")
 
 
@@ -231,6 +236,56 @@ def _add_sampling_flags(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    p.add_argument("--quant", default="none", choices=["none", "int8"], help="int8: weight-only int8 linears")
+
+
+def cmd_sft(args: argparse.Namespace) -> None:
+    from mai.config import load_yaml, resolve
+    from mai.post.sft import run_sft
+    from mai.train.config import RunConfig
+
+    base = load_yaml(args.config) if args.config else {}
+    overrides = list(args.overrides) + ([f"train.init_from={args.model}"] if args.model else [])
+    cfg = resolve(RunConfig, base, overrides)
+    result, meta = run_sft(cfg, args.data, args.lora_rank, not args.no_packing)
+    print(f"data          {meta['train']['conversations']} conversations in {meta['train']['rows']} rows, "
+          f"{meta['train']['loss_tokens']:,} assistant tokens")
+    print(f"steps         {result.steps}, train loss {result.final_loss:.4f}, "
+          f"validation loss {result.val_loss:.4f}")
+    print(f"model         {result.out_dir / 'model'}")
+
+
+def cmd_dpo(args: argparse.Namespace) -> None:
+    from mai.config import load_yaml, resolve
+    from mai.post.dpo import run_dpo
+    from mai.train.config import RunConfig
+
+    base = load_yaml(args.config) if args.config else {}
+    overrides = list(args.overrides) + ([f"train.init_from={args.model}"] if args.model else [])
+    result, meta = run_dpo(resolve(RunConfig, base, overrides), args.data, args.beta)
+    print(f"data          {meta['train']['pairs']} preference pairs, {meta['val']['pairs']} for validation")
+    print(f"steps         {result.steps}, loss {result.final_loss:.4f}, "
+          f"validation loss {result.val_loss:.4f}")
+    print(f"metrics       {result.out_dir / 'metrics.jsonl'} (reward_margin, reward_accuracy per step)")
+    print(f"model         {result.out_dir / 'model'}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from mai.eval.run import run_eval
+
+    tasks = [t for t in (args.tasks or "").split(",") if t]
+    run_eval(args.models, tasks, args.out, args.limit, args.text, args.shards, args.split, args.batch_tokens,
+             args.device, args.max_length)
+    print(f"results    {args.out}/results.json, {args.out}/results.png")
+    if args.contamination:
+        from mai.eval.decontam import contamination
+        from mai.eval.report import write_json
+
+        report = contamination(tasks, args.contamination, args.ngram, args.limit)
+        for name, r in report.items():
+            print(f"contamination  {name:<14} {r['contaminated']:>6} of {r['examples']:>6} examples "
+                  f"({r['percent']:.2f}%) share a {r['ngram']}-gram with the training shards")
+        write_json(report, f"{args.out}/contamination.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a model (launch with torchrun for several processes)")
     tr.add_argument("--config", help="a YAML run config (see configs/)")
-    tr.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100 model.n_layers=4")
+    tr.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
     tr.set_defaults(func=cmd_train)
 
     pl = sub.add_parser("plan", help="per-GPU memory, step time and days of a cluster run, on paper")
@@ -295,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--model", help="serve one model: a .gguf, HF or mai directory, or bundled:smollm2")
     srv.add_argument("--name", default="default", help="the model name clients send (with --model)")
     srv.add_argument("--max-len", type=int, default=2048, help="context length served (with --model)")
+    srv.add_argument("--quant", default="none", choices=["none", "int8"], help="int8 weights (with --model)")
     srv.add_argument("--api-key", help="require this Bearer key (adds to the catalog's keys)")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     srv.add_argument("--port", type=int, default=8000)
@@ -327,6 +383,42 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a setting, e.g. teacher.base_url=http://127.0.0.1:8000/v1")
     synth.set_defaults(func=cmd_data_synth)
+
+    sft = sub.add_parser("sft", help="supervised fine-tuning on chat conversations (OpenAI messages JSONL)")
+    sft.add_argument("--config", help="a YAML run config (see configs/sft_demo.yaml)")
+    sft.add_argument("--model", help="weights to start from (mai export, run dir, HF dir, .gguf)")
+    sft.add_argument("--data", action="append", default=[],
+                     help="a JSONL file of conversations (repeat for more); none = the chitchat-dataset demo")
+    sft.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank (0 = full)")
+    sft.add_argument("--no-packing", action="store_true", help="one conversation per row")
+    sft.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
+    sft.set_defaults(func=cmd_sft)
+
+    dpo = sub.add_parser("dpo", help="preference tuning (DPO) on chosen/rejected pairs, frozen reference")
+    dpo.add_argument("--config", help="a YAML run config (see configs/dpo_demo.yaml)")
+    dpo.add_argument("--model", help="start and reference model (mai export, run dir, HF dir, .gguf)")
+    dpo.add_argument("--data", action="append", default=[],
+                     help="JSONL of {prompt, chosen, rejected} (repeatable); none = chitchat demo pairs")
+    dpo.add_argument("--beta", type=float, default=0.1, help="DPO temperature β")
+    dpo.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
+    dpo.set_defaults(func=cmd_dpo)
+
+    ev = sub.add_parser("eval", help="benchmarks (lm-eval conventions), perplexity and bits per byte")
+    ev.add_argument("models", nargs="+", help="model paths: .gguf, HF dir, mai export, run dir")
+    ev.add_argument("--tasks", default="", help="comma list: hellaswag,arc_easy,arc_challenge,piqa,"
+                    "winogrande,boolq,mmlu,mmlu_5shot,lambada")
+    ev.add_argument("--limit", type=int, default=None, help="first N examples per task (per MMLU subject)")
+    ev.add_argument("--text", nargs="*", default=[], help=".txt / .jsonl files for perplexity and bits/byte")
+    ev.add_argument("--shards", default=None, help="token-shard directory for held-out perplexity")
+    ev.add_argument("--split", default="val", help="split of --shards")
+    ev.add_argument("--batch-tokens", type=int, default=4096, help="tokens per forward batch")
+    ev.add_argument("--max-length", type=int, default=None, help="context window (default: the model's)")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--out", default="runs/eval", help="folder for results.json and results.png")
+    ev.add_argument("--contamination", action="append", default=[], metavar="SHARD_DIR",
+                    help="report the task examples sharing an n-gram with these training shards (repeatable)")
+    ev.add_argument("--ngram", type=int, default=13, help="n-gram length of the contamination report")
+    ev.set_defaults(func=cmd_eval)
 
     return parser
 

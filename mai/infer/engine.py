@@ -192,7 +192,8 @@ class Engine:
         budget = min(req.params.max_tokens, self.max_len - len(req.prompt_ids))
         run = _Running(req, self.decode, budget, self.token_texts)
         prefill = KVCache(self.model.cfg, 1, len(req.prompt_ids), self.device, self.dtype)
-        logits = self.model(torch.tensor([req.prompt_ids], device=self.device), prefill)[0, -1].float()
+        logits = self.model(torch.tensor([req.prompt_ids], device=self.device), prefill,
+                            last_only=True)[0, -1].float()
         self.cache.add_row(prefill)
         self.rows.append(run)
         self._emit(run, logits)

@@ -33,7 +33,7 @@ def next_token_logits(model: Transformer, use_cache: bool) -> Callable[[list[int
         if cache is None:
             cache = KVCache(model.cfg, 1, model.cfg.max_seq_len, param.device, param.dtype)
         new = torch.tensor([ids[cache.length :]], device=param.device)
-        return model(new, cache)[0, -1].float()
+        return model(new, cache, last_only=True)[0, -1].float()
 
     return step
 

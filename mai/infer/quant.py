@@ -1,16 +1,20 @@
-"""int8 weight-only quantization for local inference, and the perplexity that measures what it costs.
+"""int8 weight-only quantization for local inference (its perplexity cost: docs/serving.md).
 
-Every ``nn.Linear`` inside the decoder blocks keeps its weight as int8 with one float scale per output
-channel (symmetric: ``w ≈ q · s``, ``s = max|w_row| / 127``), a quarter of the float32 bytes. The product
-runs through torch's fused weight-only kernel ``_weight_int8pack_mm`` (``(x @ qᵀ) · s``), which dequantizes
-on the fly. Embeddings and the output head stay in float: SmolLM2-style models tie them, and quantizing
-the head alone would add a copy rather than save one. The model file is untouched; quantization is applied
-after loading (``mai serve`` catalog field ``quant: int8``, ``mai generate --quant int8``).
+Every ``nn.Linear`` of the decoder blocks keeps its weight as int8 with one float scale per output
+channel (symmetric: ``w ≈ q · s``, ``s = max|w_row| / 127``), a quarter of the float32 bytes. Each call
+casts the int8 weight to the activation dtype on the fly and scales the output channels:
+``(x @ qᵀ) · s``. Decoding one token reads every weight once, so reading a quarter of the bytes makes
+batch-1 decode faster on a memory-bound CPU (docs/benchmarks.md) — as long as the cast copy of one
+matrix stays in cache. That is why the output head stays float: its cast copy (vocabulary × d_model) is
+as large as the float weight and measured 2.5× slower at decode when quantized; SmolLM2-style models
+also tie it to the embeddings, so quantizing it would add a copy rather than save one. torch's fused
+``_weight_int8pack_mm`` was tried on this CPU build and is slower (its cost grows linearly with the rows
+of ``x``: ~20× float32 for a 512-token prefill), so the plain cast is kept. The model file is untouched;
+quantization is applied after loading (``mai serve`` catalog field ``quant: int8``,
+``mai generate --quant int8``).
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +43,8 @@ class Int8Linear(nn.Module):
         return self.qweight.to(self.scale.dtype) * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
-        y = torch._weight_int8pack_mm(flat.contiguous(), self.qweight, self.scale.to(x.dtype))
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        y = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
@@ -79,21 +80,3 @@ def weight_bytes(model: nn.Module) -> int:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
     return total
-
-
-@torch.inference_mode()
-def perplexity(model: nn.Module, documents: Iterable[Sequence[int]], max_len: int) -> tuple[float, int]:
-    """exp(mean next-token cross-entropy) over ``documents`` (token id lists, each cut to ``max_len``);
-    returns (perplexity, tokens scored)."""
-    total, count = 0.0, 0
-    for ids in documents:
-        ids = list(ids)[:max_len]
-        if len(ids) < 2:
-            continue
-        x = torch.tensor([ids])
-        logits = model(x[:, :-1]).float()
-        total += F.cross_entropy(logits[0], x[0, 1:], reduction="sum").item()
-        count += len(ids) - 1
-    if not count:
-        raise MaiError("no document has two tokens or more to score")
-    return float(torch.tensor(total / count).exp()), count

@@ -52,9 +52,17 @@ def hf_config_to_mai(hf: dict[str, Any], max_seq_len: int | None = None) -> Mode
         raise MaiError(f"model_type '{model_type}' is not supported (supported: {known})")
     rope = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling") or rope
-    if scaling.get("rope_type", scaling.get("type", "default")) not in ("default", None):
-        raise MaiError(f"rope scaling '{scaling.get('rope_type')}' is not supported yet")
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ("default", "llama3", None):
+        raise MaiError(f"rope scaling '{kind}' is not supported yet (supported: default, llama3)")
+    llama3 = {}
+    if kind == "llama3":
+        llama3 = dict(rope_scaling_factor=float(scaling["factor"]),
+                      rope_low_freq_factor=float(scaling["low_freq_factor"]),
+                      rope_high_freq_factor=float(scaling["high_freq_factor"]),
+                      rope_original_max_len=int(scaling["original_max_position_embeddings"]))
     return ModelConfig(
+        **llama3,
         vocab_size=hf["vocab_size"],
         d_model=hf["hidden_size"],
         n_layers=hf["num_hidden_layers"],
@@ -77,7 +85,12 @@ def mai_config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         raise MaiError("exporting Mixture-of-Experts models to Hugging Face format is not supported")
     model_type = "qwen3" if cfg.qk_norm else "qwen2" if cfg.attn_bias else "llama"
     arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[model_type]
+    scaling = {"rope_scaling": {
+        "rope_type": "llama3", "factor": cfg.rope_scaling_factor, "low_freq_factor": cfg.rope_low_freq_factor,
+        "high_freq_factor": cfg.rope_high_freq_factor,
+        "original_max_position_embeddings": cfg.rope_original_max_len}} if cfg.rope_scaling_factor else {}
     return {
+        **scaling,
         "architectures": [arch],
         "model_type": model_type,
         "vocab_size": cfg.vocab_size,

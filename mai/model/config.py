@@ -20,6 +20,12 @@ class ModelConfig:
     head_dim: int | None = None  # defaults to d_model // n_heads
     max_seq_len: int = 256
     rope_theta: float = 10000.0
+    # Llama 3.1 "llama3" rope scaling (0 = off): low frequencies slowed by this factor, high ones kept,
+    # a smooth blend between, relative to the context the model was pretrained at
+    rope_scaling_factor: float = 0.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     init_std: float = 0.02

@@ -18,9 +18,23 @@ from torch import nn
 from mai.model.config import ModelConfig
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables of shape [max_len, head_dim] in the half-split layout (pairs i and i + head_dim/2)."""
+def llama3_scaled(inv_freq: torch.Tensor, factor: float, low: float, high: float,
+                  original: int) -> torch.Tensor:
+    """Llama 3.1's rope scaling: wavelengths longer than original/low are stretched by ``factor``, those
+    shorter than original/high kept, and the band between blended smoothly (Meta's reference rule)."""
+    wavelen = 2 * math.pi / inv_freq
+    smooth = ((original / wavelen - low) / (high - low)).clamp(0.0, 1.0)
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float, device=None,
+                cfg: ModelConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of shape [max_len, head_dim] in the half-split layout (pairs i and i + head_dim/2);
+    ``cfg`` supplies Llama 3.1 rope scaling when its ``rope_scaling_factor`` is set."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    if cfg is not None and cfg.rope_scaling_factor:
+        inv_freq = llama3_scaled(inv_freq, cfg.rope_scaling_factor, cfg.rope_low_freq_factor,
+                                 cfg.rope_high_freq_factor, cfg.rope_original_max_len)
     angles = torch.outer(torch.arange(max_len, device=device, dtype=torch.float32), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
@@ -167,7 +181,7 @@ class Transformer(nn.Module):
                 nn.init.zeros_(p)
             elif p.dim() == 1:
                 nn.init.ones_(p)
-            elif name.endswith(("wo.weight", "w2.weight")):
+            elif name.endswith(("wo.weight", "w2.weight", "experts.w2")):  # projections into the residual
                 nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layers))
             else:
                 nn.init.normal_(p, 0.0, std)
@@ -178,13 +192,15 @@ class Transformer(nn.Module):
         if device.type == "meta":
             return
         self.rope_cos, self.rope_sin = rope_tables(
-            self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta, device
+            self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta, device, self.cfg
         )
 
     def forward(self, tokens: torch.Tensor, cache: KVCache | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """Logits [B, T, vocab] for ``tokens`` [B, T] placed after ``cache.length`` earlier tokens, or at
-        ``positions`` [B, T] when rows stand at different positions (the batched engine)."""
+        ``positions`` [B, T] when rows stand at different positions (the batched engine). ``last_only``
+        gives [B, 1, vocab] for the last position, all that generation needs (it skips the output head's
+        work on the rest of a prompt)."""
         t = tokens.shape[1]
         start = cache.length if cache is not None and positions is None else 0
         end = start + t if positions is None else int(positions.max()) + 1
@@ -199,4 +215,4 @@ class Transformer(nn.Module):
             h = layer(h, cos, sin, cache)
         if cache is not None:
             cache.advance(t)
-        return self.output(self.norm(h))
+        return self.output(self.norm(h[:, -1:] if last_only else h))

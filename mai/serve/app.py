@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP API over one :class:`~mai.infer.engine.Engine` per catalog model.
 
-Routes: POST /v1/chat/completions, /v1/completions, /v1/moderations; GET /v1/models, /health, /metrics.
+Routes: POST /v1/chat/completions, /v1/completions, /v1/moderations; GET /v1/models, /health, /metrics,
+and the playground page at GET / (``playground.html``).
 Every /v1 route checks the API key and the key's rate limits; bodies, prompts and max_tokens are bounded;
 prompts and completions pass the content filter; streams follow OpenAI's SSE chunk format and stop the
 engine's work when the client goes away. Models load in a background thread (/health is 503 until then).
@@ -16,26 +17,31 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mai.errors import MaiError
 from mai.infer.engine import Engine, Event, token_texts
 from mai.infer.engine import Request as EngineRequest
+from mai.infer.quant import apply_quant
 from mai.infer.sampling import SamplingParams
 from mai.serve import errors
 from mai.serve.catalog import Catalog, KeyEntry, ModelEntry, resolve_path
 from mai.serve.errors import ApiError
+from mai.serve.judge import Judge, openai_complete
 from mai.serve.limits import KeyRing
 from mai.serve.metrics import Metrics
 from mai.serve.protocol import ChatRequest, CompletionRequest, ModerationRequest, usage
 from mai.serve.safety import SafetyFilter, SafetyResult
 from mai.tokenizer import MaiTokenizer
+
+PLAYGROUND = Path(__file__).parent / "playground.html"
 
 
 @dataclass
@@ -55,6 +61,7 @@ class Server:
         self.keys = KeyRing(catalog.api_keys)
         self.safety = SafetyFilter()
         self.metrics = Metrics()
+        self.judges: dict[str, Judge] = {}  # model name → its safety judge, where configured
         self.load_error: str | None = None
         self.ready = threading.Event()
 
@@ -64,6 +71,7 @@ class Server:
         try:
             for entry in self.catalog.models:
                 loaded = load_model(resolve_path(entry.path), max_seq_len=entry.max_len)
+                apply_quant(loaded.model, entry.quant)
                 if loaded.tokenizer is None:
                     raise MaiError(f"model {entry.name} ({entry.path}) has no tokenizer to serve with")
                 tok = loaded.tokenizer
@@ -72,9 +80,37 @@ class Server:
                 engine.start()
                 self.models[entry.name] = Served(entry, engine, tok, int(time.time()))
                 self.metrics.watch(entry.name, lambda e=engine: e.n_running, lambda e=engine: e.n_waiting)
+            for entry in self.catalog.models:
+                if entry.safety.judge_model:
+                    self.judges[entry.name] = self._judge(entry.safety.judge_model)
         except MaiError as exc:
             self.load_error = str(exc)
         self.ready.set()
+
+    def _judge(self, spec: str) -> Judge:
+        """A served model answers in process; anything else is an OpenAI-compatible BASE_URL#MODEL."""
+        served = self.models.get(spec)
+        if served is None:
+            return Judge(openai_complete(spec), spec)
+
+        def complete(prompt: str) -> str:
+            tok = served.tokenizer
+            ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}],
+                                                     add_generation_prompt=True))
+            return served.engine.generate(ids, SamplingParams(max_tokens=16, temperature=0)).text
+
+        return Judge(complete, spec)
+
+    async def check(self, served: Served, text: str, level: str, role: str) -> SafetyResult:
+        """The content filter, with the model's judge (off the event loop) where one is configured."""
+        judge = self.judges.get(served.entry.name)
+        if judge is None or level == "off":
+            return self.safety.check(text, level)
+        try:
+            return await asyncio.to_thread(self.safety.check, text, level, judge, role)
+        except Exception as exc:  # unreachable, timed out, prompt too long for it: fail closed
+            raise ApiError(503, f"the safety judge {judge.name} is unavailable: {str(exc)[:200]}",
+                           "judge_unavailable") from None
 
     def shutdown(self) -> None:
         for served in self.models.values():
@@ -202,6 +238,10 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
                                                  "invalid_encoding")
         return await call_next(request)
 
+    @app.get("/", include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(PLAYGROUND.read_text(encoding="utf-8"))
+
     @app.get("/health")
     async def health() -> JSONResponse:
         if not server.ready.is_set():
@@ -230,8 +270,8 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
                             "category_scores": {c.replace("_", "-"): v for c, v in r.scores().items()}})
         return {"id": f"modr-{uuid.uuid4().hex}", "model": body.model or "mai-safety", "results": results}
 
-    def screen_prompt(served: Served, key: KeyEntry | None, text: str) -> SafetyResult:
-        result = server.safety.check(text, server.safety_level(served, key, "prompt"))
+    async def screen_prompt(served: Served, key: KeyEntry | None, text: str) -> SafetyResult:
+        result = await server.check(served, text, server.safety_level(served, key, "prompt"), "User")
         if result.flagged:
             raise ApiError(400, "the prompt was filtered by the content policy "
                            f"({', '.join(result.blocked)})",
@@ -298,7 +338,7 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
                         texts[i] += ev.text
                         lps[i] += ev.logprobs
                         reasons[i] = ev.finish_reason
-                    res = server.safety.check(texts[i], level)
+                    res = await server.check(served, texts[i], level, "Agent")
                     filters[i] = res
                     if res.flagged:
                         texts[i], reasons[i] = "", "content_filter"
@@ -357,11 +397,9 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
                         ev: Event = fut.result()
                         reason = ev.finish_reason
                         text = ev.text
-                        if text:
-                            res = server.safety.check(shown[i] + text, level)  # mid-stream check
-                            if res.flagged:
-                                cancel_all_one(i)
-                                text, reason = "", "content_filter"
+                        if text and server.safety.flags(shown[i] + text, level):  # mid-stream check
+                            cancel_all_one(i)
+                            text, reason = "", "content_filter"
                         shown[i] += text
                         if text or ev.logprobs:
                             yield chunk(piece(i, text, ev.logprobs, None))
@@ -394,7 +432,8 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
         served = server.model(body.model)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
-        prompt_result = screen_prompt(served, request.state.key, "\n".join(m["content"] for m in messages))
+        prompt_result = await screen_prompt(served, request.state.key,
+                                            "\n".join(m["content"] for m in messages))
         try:
             text = served.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         except MaiError as exc:
@@ -416,7 +455,7 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
     async def completions(request: Request, body: CompletionRequest):
         served = server.model(body.model)
         text = body.prompt_text()
-        prompt_result = screen_prompt(served, request.state.key, text)
+        prompt_result = await screen_prompt(served, request.state.key, text)
         ids = served.tokenizer.encode(text, add_bos=served.tokenizer.bos_id is not None)
         if not ids:
             raise ApiError(400, "the prompt is empty", "invalid_value", "prompt")

@@ -6,7 +6,9 @@ on requests. A YAML or JSON file::
         path: bundled:smollm2      # a .gguf, a HF directory, a mai run/model directory
         max_batch: 32
         max_len: 2048              # context served (defaults to the model's, capped here)
+        quant: int8                # optional: int8 weight-only linear layers (default none)
         safety: {prompt: medium, completion: medium}   # block at this severity and above (or "off")
+                                   # judge_model: a served name or http://host:port/v1#model (optional)
     api_keys:                      # none: the API is open (fine on 127.0.0.1)
       - key: sk-local-1
         requests_per_minute: 60
@@ -22,13 +24,17 @@ from pathlib import Path
 
 from mai.config import from_dict, load_yaml
 from mai.errors import MaiError
+from mai.infer.quant import QUANT_MODES
 
 
 @dataclass
 class SafetyConfig:
     prompt: str = "medium"  # lowest severity that blocks: low | medium | high | off
     completion: str = "medium"
-    judge_model: str | None = None  # a served model name, or an OpenAI-compatible base URL + "#model"
+    # a Llama Guard-style judge (mai.serve.judge): a served model name, or BASE_URL#MODEL of any
+    # OpenAI-compatible server (key from MAI_JUDGE_API_KEY); asked about prompts and whole non-streamed
+    # completions; streams are screened mid-way by the rules and classifier only
+    judge_model: str | None = None
 
 
 @dataclass
@@ -37,6 +43,7 @@ class ModelEntry:
     path: str
     max_batch: int = 32
     max_len: int = 2048
+    quant: str = "none"  # "int8": weight-only int8 linear layers (mai.infer.quant), a quarter of the bytes
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
@@ -69,6 +76,8 @@ class Catalog:
         if len(set(names)) != len(names):
             raise MaiError(f"the catalog names a model twice: {names}")
         for m in self.models:
+            if m.quant not in QUANT_MODES:
+                raise MaiError(f"model {m.name}: quant '{m.quant}' is not one of {', '.join(QUANT_MODES)}")
             for level in (m.safety.prompt, m.safety.completion):
                 if level not in ("low", "medium", "high", "off"):
                     raise MaiError(f"model {m.name}: safety level '{level}' is not low, medium, high or off")
