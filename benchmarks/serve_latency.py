@@ -102,7 +102,7 @@ def summarize(concurrency: int, results: list[Result], wall: float) -> dict[str,
             "ITL med": statistics.median(itl), "ITL p99": pct(itl, 99)}
 
 
-def start_server(max_batch: int) -> tuple[subprocess.Popen, str]:
+def start_server(max_batch: int, threads: int) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -112,7 +112,7 @@ def start_server(max_batch: int) -> tuple[subprocess.Popen, str]:
                 f"max_batch: {max_batch}, max_len: 1024}}\n"
                 "limits: {max_waiting: 1024}\n")
     proc = subprocess.Popen([sys.executable, "-m", "mai.cli", "serve", "--catalog", catalog,
-                             "--port", str(port)])
+                             "--port", str(port), "--threads", str(threads)])
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -134,6 +134,7 @@ def main() -> None:
     ap.add_argument("--requests-per-level", type=int, default=0, help="default: max(8, 2 × concurrency)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompt", type=int, default=128, help="prompt length in (SmolLM2) tokens")
+    ap.add_argument("--threads", type=int, default=0, help="the started server's torch threads (0: default)")
     args = ap.parse_args()
     from mai.data.corpus import default_corpus
     from mai.interop import load_model
@@ -144,7 +145,7 @@ def main() -> None:
     proc = None
     url = args.url
     if url is None:
-        proc, url = start_server(max(args.concurrency))
+        proc, url = start_server(max(args.concurrency), args.threads)
     try:
         rows = []
         offset = 0

@@ -142,11 +142,14 @@ def _sampling_params(args: argparse.Namespace):
 
 
 def _load_for_generation(path: str, quant: str = "none"):
+    """Any checkpoint `mai.interop.load_model` reads (mai export, run, HF directory, GGUF) + its tokenizer."""
     from mai.infer.quant import apply_quant
-    from mai.interop.native import load_native
-    from mai.tokenizer import load_tokenizer
+    from mai.interop import load_model
 
-    return apply_quant(load_native(path), quant), load_tokenizer(path)
+    loaded = load_model(path)
+    if loaded.tokenizer is None:
+        raise MaiError(f"{path} has no tokenizer files (tokenizer.json); generation needs one")
+    return apply_quant(loaded.model, quant), loaded.tokenizer
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -214,6 +217,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise MaiError("give --catalog FILE or --model PATH (e.g. --model bundled:smollm2)")
     if args.api_key:
         catalog.api_keys.append(KeyEntry(key=args.api_key))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         import uvicorn
 
@@ -228,7 +235,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser, temperature: float) -> None:
-    p.add_argument("--model", required=True, help="a model directory (e.g. runs/demo/model)")
+    p.add_argument("--model", required=True, help="runs/demo/model, a run, a HF directory or a .gguf file")
     p.add_argument("--max-tokens", type=int, default=100)
     p.add_argument("--temperature", type=float, default=temperature)
     p.add_argument("--top-k", type=int, default=0)
@@ -354,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--api-key", help="require this Bearer key (adds to the catalog's keys)")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--threads", type=int, default=0,
+                     help="torch CPU threads (0: torch's default; 1 helps on a CPU shared with other jobs)")
     srv.set_defaults(func=cmd_serve)
 
     tokenizer = sub.add_parser("tokenizer", help="tokenizers").add_subparsers(dest="action", required=True)

