@@ -70,7 +70,7 @@ def main() -> None:
 
     batches = [(tokens(), tokens()) for _ in range(4)]
     flops_per_token = train_flops_per_token(cfg, SEQ)
-    peaks = {name: measure_matmul_flops(dtype, 2048)
+    peaks = {name: measure_matmul_flops(dtype)
              for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; shape {SHAPE}")
     print(f"seq {SEQ}, batch {BATCH}")

@@ -18,7 +18,7 @@ GPU_PEAKS = {
 }
 
 
-def measure_matmul_flops(dtype: torch.dtype, n: int = 1024, repeats: int = 5, device: str = "cpu") -> float:
+def measure_matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
     """Best observed FLOP/s of an n×n @ n×n matmul (median would hide the attainable peak)."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)

@@ -26,6 +26,8 @@ STEPS = 24
 
 
 def losses(out: Path) -> dict[int, float]:
+    if not (out / "metrics.jsonl").exists():  # the run has not logged its first step yet
+        return {}
     return {r["step"]: r["loss"] for r in read_metrics(out) if "loss" in r}
 
 
