@@ -145,8 +145,9 @@ def _load_for_generation(path: str, quant: str = "none"):
     """Any checkpoint `mai.interop.load_model` reads (mai export, run, HF directory, GGUF) + its tokenizer."""
     from mai.infer.quant import apply_quant
     from mai.interop import load_model
+    from mai.interop.bundled import resolve_path
 
-    loaded = load_model(path)
+    loaded = load_model(resolve_path(path))
     if loaded.tokenizer is None:
         raise MaiError(f"{path} has no tokenizer files (tokenizer.json); generation needs one")
     return apply_quant(loaded.model, quant), loaded.tokenizer
@@ -235,7 +236,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _add_sampling_flags(p: argparse.ArgumentParser, temperature: float) -> None:
-    p.add_argument("--model", required=True, help="runs/demo/model, a run, a HF directory or a .gguf file")
+    p.add_argument("--model", required=True, help="runs/demo/model, a HF dir, a .gguf or bundled:smollm2")
     p.add_argument("--max-tokens", type=int, default=100)
     p.add_argument("--temperature", type=float, default=temperature)
     p.add_argument("--top-k", type=int, default=0)

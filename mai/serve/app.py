@@ -31,8 +31,9 @@ from mai.infer.engine import Engine, Event, token_texts
 from mai.infer.engine import Request as EngineRequest
 from mai.infer.quant import apply_quant
 from mai.infer.sampling import SamplingParams
+from mai.interop.bundled import resolve_path
 from mai.serve import errors
-from mai.serve.catalog import Catalog, KeyEntry, ModelEntry, resolve_path
+from mai.serve.catalog import Catalog, KeyEntry, ModelEntry
 from mai.serve.errors import ApiError
 from mai.serve.judge import Judge, openai_complete
 from mai.serve.limits import KeyRing

