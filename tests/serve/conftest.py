@@ -17,6 +17,21 @@ def http_client():
     return httpx
 
 
+def wait_until_healthy(url: str, alive=lambda: True, timeout: float = 300) -> None:
+    """Poll ``url``/health until it answers 200; fail if ``alive()`` turns false or time runs out."""
+    httpx = http_client()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert alive(), "the server process ended while starting"
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url} did not become healthy")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -27,7 +42,6 @@ def free_port() -> int:
 def server_url():
     """A real uvicorn server on 127.0.0.1 (random port) serving SmolLM2 under two names, with keys."""
     uvicorn = pytest.importorskip("uvicorn")
-    httpx = http_client()
     try:
         path = str(smollm2_gguf())
     except MaiError as exc:
@@ -46,16 +60,7 @@ def server_url():
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        pytest.fail("server did not become healthy")
+    wait_until_healthy(url)
     yield url
     srv.should_exit = True
     thread.join(30)

@@ -4,14 +4,13 @@ cleanly on SIGTERM."""
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from mai.errors import MaiError
 from mai.interop.bundled import smollm2_gguf
 
-from .conftest import free_port, http_client
+from .conftest import free_port, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -22,24 +21,13 @@ def test_mai_serve_process_lifecycle():
         smollm2_gguf()
     except MaiError as exc:
         pytest.skip(str(exc))
-    httpx = http_client()
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mai.cli", "serve", "--model", "bundled:smollm2", "--name",
                              "smol", "--max-len", "512", "--port", str(port), "--api-key", "sk-proc"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("mai serve did not become healthy")
+        wait_until_healthy(url, alive=lambda: proc.poll() is None)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-proc", max_retries=0)
         reply = client.chat.completions.create(model="smol", max_tokens=8, temperature=0,
                                                messages=[{"role": "user", "content": "Say hello."}])
