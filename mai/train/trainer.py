@@ -289,7 +289,6 @@ def train(cfg: RunConfig, source: BatchSource | None = None) -> TrainResult:
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if is_main:
         save_native(full, model_cfg, out_dir / "model", tokenizer_dir if tokenizer_dir.is_dir() else None)
-    if is_main:
         plot_loss(out_dir, None if math.isnan(entropy) else entropy)
     with contextlib.suppress(Exception):
         if dist.is_initialized():
