@@ -9,6 +9,7 @@ from mai.interop import load_model
 PAIRS = [("Question: What is the capital of France?\nAnswer:", " Paris"),
          ("Question: What is the capital of France?\nAnswer:", " a large city on the river"),
          ("Question: What is the capital of France?\nAnswer:", " Berlin, surely"),
+         ("Question: What is the capital of France?\nAnswer:", " a large city on the sea"),  # shares a prefix
          ("The cat sat on the ", "mat."),  # trailing space moves into the continuation (lm-eval rule)
          ("", "An empty context is scored after BOS or EOS."),
          ("Short", " x")]
@@ -38,9 +39,14 @@ def test_choices_of_one_question_share_a_row_and_questions_share_a_sequence(tiny
     loaded = load_model(tiny_dir)
     scorer = LoglikScorer(loaded.model, loaded.tokenizer, pack_len=512)
     rows = scorer.rows(PAIRS)
-    assert [len(r.continuations) for r in rows] == [3, 1, 1, 1]
-    bins, width = scorer.bins(rows)
-    assert width == 512 and len(bins) == 1 and sum(map(len, bins[0])) == sum(map(len, rows))
+    assert [len(r.continuations) for r in rows] == [4, 1, 1, 1]
+    france = rows[0]
+    flat = len(france.context) + sum(len(c) - 1 for c in france.continuations)
+    assert len(france) < flat  # " a large city on the" is fed once for both continuations
+    bins = scorer.bins(rows)
+    assert len(bins) == 1 and sum(map(len, bins[0])) == sum(map(len, rows))
+    [(batch, width)] = list(scorer.batches(bins))
+    assert batch == bins and width == sum(map(len, rows))
 
 
 def test_encoding_follows_lm_eval(tiny_dir):
