@@ -141,25 +141,33 @@ def _sampling_params(args: argparse.Namespace):
                           stop=list(args.stop or []))
 
 
-def _load_for_generation(path: str, quant: str = "none"):
-    """Any checkpoint `mai.interop.load_model` reads (mai export, run, HF directory, GGUF) + its tokenizer."""
+def _load_for_generation(args: argparse.Namespace):
+    """(model, tokenizer, compiled decoder or None) for ``args.model``: any checkpoint
+    `mai.interop.load_model` reads (mai export, run, HF directory, GGUF), quantized as ``args.quant``."""
     from mai.infer.quant import apply_quant
     from mai.interop import load_model
     from mai.interop.bundled import resolve_path
 
-    loaded = load_model(resolve_path(path))
+    source = resolve_path(args.model)
+    loaded = load_model(source)
     if loaded.tokenizer is None:
-        raise MaiError(f"{path} has no tokenizer files (tokenizer.json); generation needs one")
-    return apply_quant(loaded.model, quant), loaded.tokenizer
+        raise MaiError(f"{args.model} has no tokenizer files (tokenizer.json); generation needs one")
+    model = apply_quant(loaded.model, args.quant, source)
+    decoder = None
+    if args.compile:
+        from mai.infer.compiled_decode import CompiledDecoder
+
+        decoder = CompiledDecoder(model)
+    return model, loaded.tokenizer, decoder
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from mai.infer.generate import Generation
 
-    model, tok = _load_for_generation(args.model, args.quant)
+    model, tok, decoder = _load_for_generation(args)
     params = _sampling_params(args)
     prompt_ids = tok.encode(args.prompt, add_bos=tok.bos_id is not None)
-    gen = Generation(model, tok.decode, prompt_ids, params, stop_ids=tok.stop_ids)
+    gen = Generation(model, tok.decode, prompt_ids, params, stop_ids=tok.stop_ids, decoder=decoder)
     print(args.prompt, end="", flush=True)
     for delta in gen:
         print(delta, end="", flush=True)
@@ -169,7 +177,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_chat(args: argparse.Namespace) -> None:
     from mai.infer.generate import Generation
 
-    model, tok = _load_for_generation(args.model, args.quant)
+    model, tok, decoder = _load_for_generation(args)
     params = _sampling_params(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     print("chat: type a message, an empty line or Ctrl-D ends", file=sys.stderr)
@@ -178,7 +186,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
             break
         messages.append({"role": "user", "content": line.strip()})
         prompt_ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
-        gen = Generation(model, tok.decode, prompt_ids, params, stop_ids=tok.stop_ids)
+        gen = Generation(model, tok.decode, prompt_ids, params, stop_ids=tok.stop_ids, decoder=decoder)
         print("assistant: ", end="", flush=True)
         for delta in gen:
             print(delta, end="", flush=True)
@@ -244,7 +252,10 @@ def _add_sampling_flags(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", help="a stop string (repeatable)")
-    p.add_argument("--quant", default="none", choices=["none", "int8"], help="int8: weight-only int8 linears")
+    p.add_argument("--quant", default="none", choices=["none", "int8", "gguf"],
+                   help="int8: weight-only int8 linears; gguf: keep a .gguf file's Q4_0/Q4_1/Q8_0 weights")
+    p.add_argument("--compile", action="store_true",
+                   help="decode through torch.compile (a static KV cache; the first token waits to compile)")
 
 
 def cmd_sft(args: argparse.Namespace) -> None:

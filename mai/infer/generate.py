@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from mai.errors import MaiError
+from mai.infer.compiled_decode import CompiledDecoder
 from mai.infer.sampling import SamplingParams, apply_penalties, sample_row
 from mai.infer.textstream import TextStream
 from mai.model.transformer import KVCache, Transformer
@@ -42,7 +43,8 @@ class Generation:
     """Iterate for text deltas; ``text``, ``token_ids`` and ``finish_reason`` are final afterwards."""
 
     def __init__(self, model: Transformer, decode: Callable[[list[int]], str], prompt_ids: Sequence[int],
-                 params: SamplingParams, stop_ids: Sequence[int] = (), use_cache: bool = True):
+                 params: SamplingParams, stop_ids: Sequence[int] = (), use_cache: bool = True,
+                 decoder: CompiledDecoder | None = None):
         if not prompt_ids:
             raise MaiError("the prompt is empty")
         room = model.cfg.max_seq_len - len(prompt_ids)
@@ -54,12 +56,16 @@ class Generation:
         self.stop_ids = set(stop_ids)
         self.budget = min(params.max_tokens, room)
         self.use_cache = use_cache
+        self.decoder = decoder  # compiled batch-1 decoding of ``model`` (mai.infer.compiled_decode)
         self.token_ids: list[int] = []
         self.text = ""
         self.finish_reason: str | None = None
 
     def __iter__(self) -> Iterator[str]:
-        step = next_token_logits(self.model, self.use_cache)
+        if self.decoder is not None:
+            step = self.decoder.stepper(self.budget)
+        else:
+            step = next_token_logits(self.model, self.use_cache)
         gen = self.params.generator()
         ids = list(self.prompt_ids)
         stream = TextStream(self.decode, self.params.stop)

@@ -16,13 +16,15 @@ quantization is applied after loading (``mai serve`` catalog field ``quant: int8
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mai.errors import MaiError
 
-QUANT_MODES = ("none", "int8")
+QUANT_MODES = ("none", "int8", "gguf")
 
 
 class Int8Linear(nn.Module):
@@ -43,7 +45,13 @@ class Int8Linear(nn.Module):
         return self.qweight.to(self.scale.dtype) * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
+        if torch.compiler.is_compiling() and x.shape[:-1].numel() == 1:
+            # One row (batch-1 decode): written as a reduction, the compiler fuses the cast into one
+            # pass over the int8 weight — 5x faster than float32 for a 49152 x 576 head on this CPU.
+            y = (x.reshape(1, -1) * self.qweight.to(x.dtype)).sum(-1).reshape(*x.shape[:-1], -1)
+            y = y * self.scale.to(x.dtype)
+        else:
+            y = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
@@ -62,9 +70,17 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     return model
 
 
-def apply_quant(model: nn.Module, mode: str | None) -> nn.Module:
-    """``mode`` "int8" quantizes; "none" or None leaves the model as it is."""
+def apply_quant(model: nn.Module, mode: str | None, source: str | Path | None = None) -> nn.Module:
+    """``mode`` "int8" quantizes; "gguf" keeps the block-quantized weights of the GGUF file ``source``
+    the model was loaded from (:mod:`mai.infer.gguf_quant`); "none" or None leaves the model as it is."""
     if mode in (None, "none"):
+        return model
+    if mode == "gguf":
+        if source is None or Path(source).suffix != ".gguf":
+            raise MaiError("quantization 'gguf' keeps a GGUF file's own quantized weights: load a .gguf file")
+        from mai.infer.gguf_quant import apply_gguf_quant
+
+        apply_gguf_quant(model, source)
         return model
     if mode != "int8":
         raise MaiError(f"unknown quantization '{mode}': choose one of {', '.join(QUANT_MODES)}")

@@ -214,7 +214,9 @@ class Transformer(nn.Module):
         at a few positions only (benchmark scoring), where the output head dominates the cost."""
         t = tokens.shape[1]
         start = cache.length if cache is not None and positions is None else 0
-        end = start + t if positions is None else int(positions.max()) + 1
+        # The explicit-positions check reads a tensor value, which a compiled graph cannot; the compiled
+        # decoder (mai.infer.compiled_decode) checks its capacity against max_seq_len instead.
+        end = start + t if positions is None or torch.compiler.is_compiling() else int(positions.max()) + 1
         if end > self.rope_cos.shape[0]:
             raise ValueError(f"sequence of {end} tokens exceeds max_seq_len {self.rope_cos.shape[0]}")
         if positions is None:
