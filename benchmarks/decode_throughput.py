@@ -6,11 +6,15 @@ Hugging Face directory that transformers loads, so both sides hold the same floa
 generates greedily with end-of-sequence ignored; a run of 1 new token times the prefill, a run of 1 + N
 tokens adds N decode steps, so decode tokens/s = N / (t(1 + N) − t(1)) and prefill tokens/s =
 prompt length / t(1), on every side alike. mai is measured on its single-request path (``Generation``,
-what ``mai generate`` runs) and on the batched engine with one request (what ``mai serve`` runs).
-Rounds alternate between the sides so load from other processes hits all of them; medians are printed,
-and each ratio is the median of the per-round ratios.
+what ``mai generate`` runs) and on the batched engine with one request (what ``mai serve`` runs), and
+with ``--compiled`` also through ``torch.compile`` (``mai generate --compile``), in float32 and on the
+GGUF's own Q4_1/Q8_0 blocks (``--quant gguf``: dequantized, bit for bit the float32 weights both other
+sides hold). With ``--llama-cpp``, llama.cpp (``llama-cpp-python``) runs the same GGUF file, greedy, with
+its KV cache reset before every run. Rounds alternate between the sides so load from other processes
+hits all of them; medians are printed, and each ratio is the median of the per-round ratios.
 
     python benchmarks/decode_throughput.py [--new-tokens 64] [--prompt 128] [--prefill 512] [--rounds 3]
+        [--threads 1] [--int8] [--compiled] [--llama-cpp]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 
 import torch
 
+from mai.infer.compiled_decode import CompiledDecoder
 from mai.infer.engine import Engine
 from mai.infer.generate import Generation
 from mai.infer.quant import apply_quant
@@ -41,6 +46,23 @@ def prompt_ids(tok, n: int) -> list[int]:
     raise SystemExit(f"the corpus slice has fewer than {n} tokens")
 
 
+def llama_cpp_generate(path, threads: int):
+    """llama.cpp on the GGUF file: ``n`` greedy tokens after ``ids``, its KV cache emptied first."""
+    from itertools import islice
+
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads,
+                n_batch=512, verbose=False)
+
+    def run(ids: list[int], n: int) -> None:
+        llm.reset()
+        out = list(islice(llm.generate(ids, top_k=1, temp=0.0, reset=True), n))
+        assert len(out) == n
+
+    return run
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -55,6 +77,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--int8", action="store_true", help="also time mai with int8 weights")
+    ap.add_argument("--compiled", action="store_true", help="also time mai's compiled decoding")
+    ap.add_argument("--llama-cpp", action="store_true", help="also time llama.cpp on the same GGUF")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -68,9 +92,12 @@ def main() -> None:
     short, long = prompt_ids(tok, args.prompt), prompt_ids(tok, args.prefill)
     engine = Engine(loaded.model, tok.decode, stop_ids=(), max_batch=1, max_len=2048)
 
-    def mai_generate(model):
+    def mai_generate(model, decoder=None):
         def run(ids: list[int], n: int) -> None:
-            Generation(model, tok.decode, ids, SamplingParams(max_tokens=n, temperature=0)).run()
+            gen = Generation(model, tok.decode, ids, SamplingParams(max_tokens=n, temperature=0),
+                             decoder=decoder)
+            gen.run()
+            assert len(gen.token_ids) == n
         return run
 
     def mai_engine(ids: list[int], n: int) -> None:
@@ -88,6 +115,12 @@ def main() -> None:
     if args.int8:
         q = load_model(smollm2_gguf(), max_seq_len=2048).model
         sides["mai int8 (Generation)"] = mai_generate(apply_quant(q, "int8"))
+    if args.compiled:
+        sides["mai compiled float32"] = mai_generate(loaded.model, CompiledDecoder(loaded.model))
+        blocks = apply_quant(load_model(smollm2_gguf(), max_seq_len=2048).model, "gguf", smollm2_gguf())
+        sides["mai compiled, GGUF blocks"] = mai_generate(blocks, CompiledDecoder(blocks))
+    if args.llama_cpp:
+        sides["llama.cpp (llama-cpp-python)"] = llama_cpp_generate(smollm2_gguf(), torch.get_num_threads())
     for run in sides.values():  # warm-up: first calls allocate and pick kernels
         run(short[:16], 4)
     decode: dict[str, list[float]] = {k: [] for k in sides}

@@ -266,7 +266,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
     base = load_yaml(args.config) if args.config else {}
     overrides = list(args.overrides) + ([f"train.init_from={args.model}"] if args.model else [])
     cfg = resolve(RunConfig, base, overrides)
-    result, meta = run_sft(cfg, args.data, args.lora_rank, not args.no_packing)
+    result, meta = run_sft(cfg, args.data, args.lora_rank, not args.no_packing, synth_dirs=args.synth)
     print(f"data          {meta['train']['conversations']} conversations in {meta['train']['rows']} rows, "
           f"{meta['train']['loss_tokens']:,} assistant tokens")
     print(f"steps         {result.steps}, train loss {result.final_loss:.4f}, "
@@ -410,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--model", help="weights to start from (mai export, run dir, HF dir, .gguf)")
     sft.add_argument("--data", action="append", default=[],
                      help="a JSONL file of conversations (repeat for more); none = the chitchat-dataset demo")
+    sft.add_argument("--synth", action="append", default=[],
+                     help="WORK_DIR of a `mai data synth` run: its kept documents join as instruction data")
     sft.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank (0 = full)")
     sft.add_argument("--no-packing", action="store_true", help="one conversation per row")
     sft.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")

@@ -53,7 +53,8 @@ class CompiledDecoder:
         self.model = model
         self.param = next(model.parameters())
         self.graph = torch.compile(self._decode_one, fullgraph=True, dynamic=False)
-        self.cache: StaticKVCache | None = None
+        self.caches: dict[int, StaticKVCache] = {}
+        self.cache: StaticKVCache | None = None  # the running sequence's
 
     def _decode_one(self, token: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return self.model(token, self.cache, positions=positions)[0, -1].float()  # type: ignore[arg-type]
@@ -61,9 +62,10 @@ class CompiledDecoder:
     def _start(self, ids: list[int], budget: int) -> torch.Tensor:
         need = min(len(ids) + budget, self.model.cfg.max_seq_len)
         capacity = min(-(-need // CAPACITY_STEP) * CAPACITY_STEP, self.model.cfg.max_seq_len)
-        cache = self.cache
-        if cache is None or cache.k[0].shape[2] != capacity:  # a new capacity compiles a new graph
-            cache = StaticKVCache(self.model.cfg, capacity, self.param.device, self.param.dtype)
+        if capacity not in self.caches:  # a new capacity compiles a new graph; kept, so it compiles once
+            self.caches[capacity] = StaticKVCache(self.model.cfg, capacity, self.param.device,
+                                                  self.param.dtype)
+        cache = self.caches[capacity]
         for k, v in zip(cache.k, cache.v, strict=True):
             k.zero_()
             v.zero_()

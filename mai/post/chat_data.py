@@ -129,3 +129,23 @@ def chitchat_conversations(limit: int | None = None) -> Iterator[list[dict[str, 
         turns = [t for t in turns if t]
         if len(turns) >= 2:
             yield [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
+
+
+def synth_conversations(work_dir: str | Path) -> Iterator[tuple[list[dict[str, str]], str]]:
+    """Instruction data from a ``mai data synth`` run: each document the pipeline kept (``WORK_DIR/output``)
+    becomes the conversation [user: the prompt the teacher got, assistant: its text after the pipeline's
+    steps], with the document id as its place for error messages."""
+    from mai.data.pipeline.files import read_jsonl as read_docs
+
+    output = Path(work_dir) / "output"
+    files = sorted(output.rglob("*.jsonl*")) if output.is_dir() else []
+    if not files:
+        raise MaiError(f"{work_dir} holds no synthetic documents (mai data synth writes {output}/*.zst)")
+    for path in files:
+        for doc in read_docs(path):
+            prompt = doc.get("metadata", {}).get("provenance", {}).get("prompt")
+            if not prompt or not doc.get("text"):
+                raise MaiError(f"{path}: document {doc.get('id')} has no teacher prompt in its provenance "
+                               "(not a mai data synth output)")
+            yield ([{"role": "user", "content": prompt}, {"role": "assistant", "content": doc["text"]}],
+                   f"{path} document {doc['id']}")

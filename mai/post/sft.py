@@ -10,7 +10,7 @@ stay frozen and only LoRA adapters train; they are merged into the exported mode
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,10 +116,11 @@ def sft_source(data_dir: str | Path, batch_size: int, lora_rank: int = 0) -> Bat
 
 
 def run_sft(cfg: RunConfig, data_files: list[str], lora_rank: int = 0, packing: bool = True,
-            demo_limit: int = 400) -> tuple[TrainResult, dict[str, Any]]:
-    """Prepare the data (or the chitchat demo set when no files are given) and train from train.init_from."""
+            demo_limit: int = 400, synth_dirs: Sequence[str] = ()) -> tuple[TrainResult, dict[str, Any]]:
+    """Prepare the data (or the chitchat demo set when no files are given), plus the instruction data of
+    any ``mai data synth`` runs in ``synth_dirs``, and train from train.init_from."""
     from mai.interop import load_model
-    from mai.post.chat_data import chitchat_conversations
+    from mai.post.chat_data import chitchat_conversations, synth_conversations
 
     if not cfg.train.init_from:
         raise MaiError("SFT needs a model to start from: --model PATH (or train.init_from=PATH)")
@@ -132,6 +133,7 @@ def run_sft(cfg: RunConfig, data_files: list[str], lora_rank: int = 0, packing: 
         items = [encode_conversation(tok, m, f"chitchat-dataset conversation {i}")
                  for i, m in enumerate(chitchat_conversations(demo_limit))]
         items = [e for e in items if len(e.ids) <= cfg.data.seq_len + 1]  # the demo drops overlong chats
+    items += [encode_conversation(tok, m, where) for d in synth_dirs for m, where in synth_conversations(d)]
     data_dir = Path(cfg.train.out_dir) / "data"
     meta = prepare_sft(items, tok, data_dir, cfg.data.seq_len, packing=packing)
     return train(cfg, sft_source(data_dir, cfg.train.batch_size, lora_rank)), meta

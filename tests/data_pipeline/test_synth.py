@@ -57,7 +57,11 @@ def server() -> Iterator[str]:
             time.sleep(0.5)
     yield base
     proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # a generation still running on a loaded machine
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 def _config(tmp_path: Path, base: str, name: str, topics: list[str], **teacher) -> Path:
@@ -92,6 +96,20 @@ def test_faults_retries_cache_and_provenance(server: str, tmp_path: Path) -> Non
     assert prov["teacher_model"] == "smollm2-135m" and prov["prompt_template"] == "topic-style-audience-v1"
     assert prov["topic"] in ("volcanoes", "bees") and prov["temperature"] == 0.6 and prov["top_p"] == 0.95
     assert prov["usage"]["completion_tokens"] <= 24 and prov["request_key"]
+    # the kept documents are SFT instruction data: [user: the teacher's prompt, assistant: the document]
+    from mai.interop import load_model
+    from mai.interop.bundled import smollm2_gguf
+    from mai.post.chat_data import encode_conversation, synth_conversations
+
+    chats = list(synth_conversations(tmp_path / "a"))
+    assert len(chats) == len(docs)
+    by_text = {doc["text"]: doc["metadata"]["provenance"]["prompt"] for doc in docs}
+    for messages, where in chats:
+        assert by_text[messages[1]["content"]] == messages[0]["content"] and " document synthetic:" in where
+    tok = load_model(smollm2_gguf(), max_seq_len=256).tokenizer
+    encoded = encode_conversation(tok, chats[0][0], chats[0][1])
+    trained = tok.decode([t for t, m in zip(encoded.ids, encoded.mask, strict=True) if m])
+    assert chats[0][0][1]["content"] in trained and chats[0][0][0]["content"] not in trained
 
     again = run_synth(load_synth_config(_config(tmp_path, server, "a", ["volcanoes", "bees"])), log=None)
     assert again["teacher"]["cached"] == 4 and again["teacher"]["attempts"] == 0
