@@ -32,6 +32,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", default="hellaswag,arc_easy,piqa")
     ap.add_argument("--limit", type=int, default=100, help="examples per task (0 = all)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="weights and compute of both sides")
     ap.add_argument("--side", choices=("both", "mai", "lm-eval"), default="both")
     ap.add_argument("--json", help="write per-task scores and seconds here")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
@@ -56,19 +58,19 @@ def main() -> None:
     gguf = smollm2_gguf()
     names = args.tasks.split(",")
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, limit {limit}, side {args.side}")
+          f"{torch.get_num_threads()} threads, limit {limit}, side {args.side}, {args.dtype}")
     run_mai, run_lm = args.side in ("both", "mai"), args.side in ("both", "lm-eval")
     nan = float("nan")
     record: dict[str, dict] = {}
     if run_mai:
-        loaded = load_model(gguf)
+        loaded = load_model(gguf, dtype=getattr(torch, args.dtype))
         scorer = LoglikScorer(loaded.model, loaded.tokenizer, args.batch_tokens)
     with tempfile.TemporaryDirectory() as folder:
         if run_lm:
             write_local_tasks(names, folder, limit)
             tm = TaskManager(include_path=folder)
             hf = HFLM(pretrained=str(gguf.parent), gguf_file=gguf.name,
-                      dtype="float32", batch_size=args.batch_size, device="cpu")
+                      dtype=args.dtype, batch_size=args.batch_size, device="cpu")
         print(f"{'task':<12} {'n':>5} {'mai ex/s':>9} {'lm-eval ex/s':>13} {'speed-up':>9}  "
               f"{'mai acc/acc_norm':>17} {'lm-eval acc/acc_norm':>21}")
         for name in names:
