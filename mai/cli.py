@@ -146,13 +146,11 @@ def _load_for_generation(args: argparse.Namespace):
     `mai.interop.load_model` reads (mai export, run, HF directory, GGUF), quantized as ``args.quant``."""
     from mai.infer.quant import apply_quant
     from mai.interop import load_model
-    from mai.interop.bundled import resolve_path
 
-    source = resolve_path(args.model)
-    loaded = load_model(source)
+    loaded = load_model(args.model)
     if loaded.tokenizer is None:
         raise MaiError(f"{args.model} has no tokenizer files (tokenizer.json); generation needs one")
-    model = apply_quant(loaded.model, args.quant, source)
+    model = apply_quant(loaded.model, args.quant, loaded.source)
     decoder = None
     if args.compile:
         from mai.infer.compiled_decode import CompiledDecoder

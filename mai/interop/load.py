@@ -17,6 +17,7 @@ import torch
 from mai.config import from_dict
 from mai.errors import MaiError
 from mai.interop import hf_dir
+from mai.interop.bundled import resolve_path
 from mai.interop.hf_names import (
     hf_config_to_mai,
     hf_to_mai_state_dict,
@@ -108,8 +109,9 @@ def _load_dcp(step: Path, max_seq_len: int | None, dtype: torch.dtype) -> Loaded
 
 def load_model(path: str | Path, max_seq_len: int | None = None,
                dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load any supported checkpoint (see the module docstring); ``max_seq_len`` overrides the context."""
-    path = Path(path)
+    """Load any supported checkpoint (see the module docstring), or ``bundled:smollm2``; ``max_seq_len``
+    overrides the context."""
+    path = resolve_path(path)
     if path.is_file() and path.suffix == ".gguf":
         return _load_gguf(path, max_seq_len, dtype)
     if not path.is_dir():

@@ -31,7 +31,6 @@ from mai.infer.engine import Engine, Event, token_texts
 from mai.infer.engine import Request as EngineRequest
 from mai.infer.quant import apply_quant
 from mai.infer.sampling import SamplingParams
-from mai.interop.bundled import resolve_path
 from mai.serve import errors
 from mai.serve.catalog import Catalog, KeyEntry, ModelEntry
 from mai.serve.errors import ApiError
@@ -71,7 +70,7 @@ class Server:
 
         try:
             for entry in self.catalog.models:
-                loaded = load_model(resolve_path(entry.path), max_seq_len=entry.max_len)
+                loaded = load_model(entry.path, max_seq_len=entry.max_len)
                 apply_quant(loaded.model, entry.quant)
                 if loaded.tokenizer is None:
                     raise MaiError(f"model {entry.name} ({entry.path}) has no tokenizer to serve with")
