@@ -117,11 +117,39 @@ class Attention(nn.Module):
             mask = cache.attn_mask(t)
             k, v = cache.update(self.layer, k, v)
         gqa = k.shape[1] != q.shape[1]
-        if mask is None:  # causal from position 0 (training, prefill), or one token that sees all the past
+        if mask is None and t > 1 and _explicit_attention(q):
+            y = causal_attention(q, k, v)
+        elif mask is None:  # causal from position 0 (training, prefill), or one token that sees all the past
             y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=gqa)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))
+
+
+EXPLICIT_ATTENTION_MAX_LEN = 1024
+
+
+def _explicit_attention(q: torch.Tensor) -> bool:
+    """Whether causal attention should be written out instead of calling SDPA: only inside a compiled
+    graph on CPU, for short sequences. There SDPA's flash kernel is opaque to the compiler and slow at
+    small sizes (21% of a compiled training step at T = 256, for ~7% of its FLOPs), while the explicit
+    form is two batched matmuls with the scaling, mask and softmax fused between them: the compiled
+    training benchmark runs 1.18x -> 1.30x of eager transformers at one thread (docs/benchmarks.md). The
+    [T, T] scores it keeps are why it stops at ``EXPLICIT_ATTENTION_MAX_LEN``; GPUs keep SDPA."""
+    return (q.device.type == "cpu" and q.shape[2] <= EXPLICIT_ATTENTION_MAX_LEN
+            and torch.compiler.is_compiling())
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ / √d + causal mask) v, the softmax in float32; k/v heads repeat for grouped queries."""
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    t = q.shape[2]
+    scores = (q @ k.transpose(-2, -1)).float() * (1.0 / math.sqrt(q.shape[-1]))
+    causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+    scores = scores.masked_fill(~causal, float("-inf"))
+    return scores.softmax(-1).to(v.dtype) @ v
 
 
 class FeedForward(nn.Module):
