@@ -134,16 +134,25 @@ class BatchSource:
 
 def evaluate(model: torch.nn.Module, batches: Sequence[tuple], rt: Runtime, autocast,
              objective: Objective = lm_loss) -> float:
+    """Mean loss over ``batches``, each data-parallel rank taking every dp_world-th batch; the sums meet
+    in one all-reduce. A rank left without a batch in the last round runs batch 0 at weight 0, so the
+    collectives inside the forward pass (FSDP, TP) stay in step on every rank."""
     model.eval()
-    total, count = 0.0, 0
+    mine = range(rt.dp_rank, len(batches), rt.dp_world)
+    rounds = -(-len(batches) // rt.dp_world)
+    sums = torch.zeros(2, dtype=torch.float64, device=rt.device)  # loss sum, batches
     with torch.no_grad():
-        for batch in batches:
+        for r in range(rounds):
+            batch = batches[mine[r] if r < len(mine) else 0]
             with autocast():
                 loss, _ = objective(model, tuple(t.to(rt.device) for t in batch))
-            total += loss.item()
-            count += 1
+            if r < len(mine):
+                sums[0] += loss.item()
+                sums[1] += 1
+    if dist.is_initialized():
+        dist.all_reduce(sums)  # tensor-parallel replicas of a batch add equally to both sums
     model.train()
-    return total / max(1, count)
+    return float(sums[0] / sums[1].clamp(min=1))
 
 
 def write_config(cfg: RunConfig, out_dir: Path) -> None:
@@ -172,8 +181,9 @@ def train(cfg: RunConfig, source: BatchSource | None = None) -> TrainResult:
         source = BatchSource(
             lambda seed, rank, world, batch: MixtureSampler(sources, cfg.data.seq_len, batch, seed, rank=rank,
                                                             world_size=world),
-            ValidationBatches(TokenDataset(val_path, "val"), cfg.data.seq_len, cfg.train.batch_size,
-                              cfg.data.val_batches))
+            # global batches: the same validation windows whatever the number of data-parallel ranks
+            ValidationBatches(TokenDataset(val_path, "val"), cfg.data.seq_len,
+                              cfg.train.batch_size * rt.dp_world, cfg.data.val_batches))
     out_dir = Path(cfg.train.out_dir)
     ckpt_root = out_dir / "checkpoints"
     is_main = rt.rank == 0
@@ -265,7 +275,12 @@ def train(cfg: RunConfig, source: BatchSource | None = None) -> TrainResult:
                     mfu=mfu, **extras)  # extras: the objective's own numbers (DPO reward margins)
             if model_cfg.is_moe:
                 log.log(step, expert_load=expert_load.tolist())  # [moe layer][expert] tokens this step
-        out_of_time = cfg.train.max_minutes and time.perf_counter() - started > 60 * cfg.train.max_minutes
+        elapsed = time.perf_counter() - started
+        out_of_time = bool(cfg.train.max_minutes) and elapsed > 60 * cfg.train.max_minutes
+        if dist.is_initialized() and cfg.train.max_minutes:  # every rank must stop at the same step
+            flag = torch.tensor([int(out_of_time)], device=rt.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
         last = step == cfg.train.max_steps or out_of_time
         if step % cfg.train.eval_every == 0 or last:
             val_loss = evaluate(model, source.val_batches, rt, autocast, source.objective)

@@ -1,7 +1,8 @@
 """DCP resharding through the real `mai train`: an MoE run saved on 2 ranks (FSDP + expert parallel 2)
 resumes on 1 process and on 4 ranks (expert parallel 4) with the same loss curve as the run that never
 stopped; `mai checkpoint export` turns the sharded checkpoint into the same single file the trainer
-exports. Global batch stays 4 sequences (batch_size × ranks)."""
+exports. Global batch stays 4 sequences (batch_size × ranks); validation batches are global too, each
+rank evaluating its share, so the validation loss is the same on 1, 2 and 4 ranks."""
 
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ def train(data: Path, out: Path, nproc: int, *extra: str) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
+def final_val_loss(out: Path) -> float:
+    return [r["val_loss"] for r in read_metrics(out) if "val_loss" in r][-1]
+
+
 def losses(out: Path) -> list[float]:
     return [r["loss"] for r in read_metrics(out) if "loss" in r]
 
@@ -55,6 +60,8 @@ def test_saved_on_two_ranks_resumes_on_one_and_four(dataset, tmp_path):  # noqa:
         shutil.rmtree(run / "checkpoints" / "step_00000006")  # as if killed after the step-3 checkpoint
         train(dataset, run, nproc, *extra)
         assert losses(run) == pytest.approx(reference, abs=1e-5), nproc
+        # validation: the same global windows, split over the ranks (some get none) → the same loss
+        assert final_val_loss(run) == pytest.approx(final_val_loss(full), abs=1e-5), nproc
 
     exported = tmp_path / "export"
     out = mai("checkpoint", "export", str(full), str(exported)).stdout
