@@ -95,6 +95,20 @@ class MaiTokenizer:
         """Encode many texts at once with the Rust batch encoder (multi-threaded)."""
         return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
+    @functools.cached_property
+    def _text_only(self) -> Tokenizer:
+        """A copy that encodes special-token strings as ordinary text (a separate instance: the flag is
+        state on the Rust object, and other threads may be encoding prompts with this one)."""
+        tok = Tokenizer.from_str(self.tokenizer.to_str())
+        tok.encode_special_tokens = True
+        return tok
+
+    def encode_documents(self, texts: Sequence[str]) -> list[list[int]]:
+        """Encode raw documents for training data: a string such as ``<|endoftext|>`` inside web text is
+        text, never a control token — the only special tokens in shards are the separators that data
+        preparation adds itself."""
+        return [e.ids for e in self._text_only.encode_batch(list(texts), add_special_tokens=False)]
+
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 

@@ -118,6 +118,24 @@ def test_prepare_keeps_every_document(tok: MaiTokenizer, tmp_path: Path) -> None
     assert "documents       300" in str(summary)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_special_token_strings_in_documents_stay_text(tok: MaiTokenizer, tmp_path: Path,
+                                                      workers: int) -> None:
+    texts = [f"A page that quotes {tok.eos_token} and <|user|> in its text.", "Plain text.",
+             f"{tok.eos_token}{tok.eos_token}"] * 3
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    prepare([src], tok, tmp_path / "out", val_fraction=0.0, workers=workers, batch_docs=4)
+    special = {tok.eos_id, tok.tokenizer.token_to_id("<|user|>")}
+    found, decoded = 0, []
+    for split in ("train", "val"):  # (the val split always gets at least one document)
+        ds = TokenDataset(tmp_path / "out", split, verify=True)
+        found += sum(int(i) in special for i in ds.get(0, ds.n_tokens))
+        decoded += [tok.decode(ds.document(i), skip_special=False) for i in range(ds.n_docs)]
+    assert found == len(texts)  # only the separators that data preparation adds
+    assert sorted(decoded) == sorted(texts)
+
+
 def test_output_does_not_depend_on_worker_count(tok: MaiTokenizer, tmp_path: Path) -> None:
     src = tmp_path / "wiki.jsonl.gz"
     with gzip.open(src, "wt", encoding="utf-8") as f:

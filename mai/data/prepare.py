@@ -158,7 +158,7 @@ def _encode(tokenizer: MaiTokenizer, dtype: np.dtype, val_cut: int,
             texts: list[str]) -> list[tuple[np.ndarray, int, int, bool]]:
     """(token ids, UTF-8 bytes, split hash, goes to val) for each text."""
     out = []
-    for text, ids in zip(texts, tokenizer.encode_batch(texts), strict=True):
+    for text, ids in zip(texts, tokenizer.encode_documents(texts), strict=True):
         raw = text.encode("utf-8")
         h = int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
         out.append((np.asarray(ids, dtype=dtype), len(raw), h, h < val_cut))

@@ -47,7 +47,7 @@ def _encode_in_worker(task: tuple[dict[str, Any], str]) -> str:
     batch: list[str] = []
 
     def flush() -> None:
-        for seq in tok.encode_batch(batch):
+        for seq in tok.encode_documents(batch):
             ids.append(np.asarray(seq, dtype=np.uint32))
             lens.append(len(seq))
         batch.clear()
