@@ -60,7 +60,7 @@ class CompiledDecoder:
         return self.model(token, self.cache, positions=positions)[0, -1].float()  # type: ignore[arg-type]
 
     def _start(self, ids: list[int], budget: int) -> torch.Tensor:
-        need = min(len(ids) + budget, self.model.cfg.max_seq_len)
+        need = len(ids) + budget
         capacity = min(-(-need // CAPACITY_STEP) * CAPACITY_STEP, self.model.cfg.max_seq_len)
         if capacity not in self.caches:  # a new capacity compiles a new graph; kept, so it compiles once
             self.caches[capacity] = StaticKVCache(self.model.cfg, capacity, self.param.device,

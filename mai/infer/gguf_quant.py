@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mai.errors import MaiError
-from mai.interop.gguf_io import _PERMUTED_ARCHS, _hf_name, unpermute_rotary
+from mai.infer.quant import compiled_one_row
+from mai.interop.gguf_io import gguf_to_hf_name, rotary_heads, unpermute_rotary
 from mai.interop.hf_names import hf_to_mai_name
 
 BLOCK = 32
@@ -53,7 +54,7 @@ class BlockQuantLinear(nn.Module):
         return self._weight(torch.float32).reshape(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() and x.shape[:-1].numel() == 1:
+        if compiled_one_row(x):
             return self._row(x.reshape(-1, BLOCK)).reshape(*x.shape[:-1], -1)
         return F.linear(x, self._weight(x.dtype).reshape(self.out_features, self.in_features))
 
@@ -100,14 +101,14 @@ def apply_gguf_quant(model: nn.Module, path: str | Path) -> int:
     import gguf
 
     reader = gguf.GGUFReader(str(path))
-    arch = str(bytes(reader.fields["general.architecture"].parts[-1]), "utf-8")
+    arch = reader.fields["general.architecture"].contents()
     cfg = model.cfg  # type: ignore[attr-defined]
     modules = dict(model.named_modules())
     has_output = any(t.name == "output.weight" for t in reader.tensors)
     replaced = 0
     for t in reader.tensors:
         kind = t.tensor_type.name
-        hf = _hf_name(t.name)
+        hf = gguf_to_hf_name(t.name)
         if kind not in LAYOUTS or hf is None:
             continue
         name = hf_to_mai_name(hf)
@@ -118,8 +119,9 @@ def apply_gguf_quant(model: nn.Module, path: str | Path) -> int:
             continue
         linear = modules[target]
         layer = blocks_of(np.asarray(t.data), kind, linear.out_features)
-        if arch in _PERMUTED_ARCHS and hf.endswith(("q_proj.weight", "k_proj.weight")):
-            layer = _permuted(layer, cfg.n_heads if hf.endswith("q_proj.weight") else cfg.n_kv_heads)
+        heads = rotary_heads(arch, hf, cfg.n_heads, cfg.n_kv_heads)
+        if heads is not None:
+            layer = _permuted(layer, heads)
         if not torch.equal(layer.dequantized(), linear.weight.detach().float()):
             raise MaiError(f"{path}: the {kind} blocks of {t.name} do not reproduce its loaded weights")
         parent_name, _, child = target.rpartition(".")

@@ -27,6 +27,13 @@ from mai.errors import MaiError
 QUANT_MODES = ("none", "int8", "gguf")
 
 
+def compiled_one_row(x: torch.Tensor) -> bool:
+    """True inside a compiled graph for a single input row (batch-1 decode). A quantized linear written
+    there as a reduction lets the compiler decode the stored weight inside the dot product, in one pass
+    over it, instead of writing a float copy of the weight first."""
+    return torch.compiler.is_compiling() and x.shape[:-1].numel() == 1
+
+
 class Int8Linear(nn.Module):
     """A bias-optional linear layer whose weight is int8 with a per-output-channel scale."""
 
@@ -45,9 +52,7 @@ class Int8Linear(nn.Module):
         return self.qweight.to(self.scale.dtype) * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling() and x.shape[:-1].numel() == 1:
-            # One row (batch-1 decode): written as a reduction, the compiler fuses the cast into one
-            # pass over the int8 weight — 5x faster than float32 for a 49152 x 576 head on this CPU.
+        if compiled_one_row(x):  # 5x faster than float32 for a 49152 x 576 head on this CPU
             y = (x.reshape(1, -1) * self.qweight.to(x.dtype)).sum(-1).reshape(*x.shape[:-1], -1)
             y = y * self.scale.to(x.dtype)
         else:

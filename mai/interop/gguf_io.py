@@ -42,12 +42,22 @@ _PERMUTED_ARCHS = ("llama",)  # Mistral GGUFs use the llama architecture too
 SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3")
 
 
-def _hf_name(name: str) -> str | None:
+def gguf_to_hf_name(name: str) -> str | None:
     m = _LAYER.match(name)
     if m:
         hf = GGUF_TO_HF.get(f"blk.{{i}}.{m.group(2)}")
         return hf.format(i=m.group(1)) if hf else None
     return GGUF_TO_HF.get(name)
+
+
+def rotary_heads(arch: str, hf_name: str, n_heads: int, n_kv_heads: int) -> int | None:
+    """The head count whose rotary rows llama.cpp interleaved in tensor ``hf_name`` of a GGUF of ``arch``
+    (None: stored as Hugging Face lays it out)."""
+    if arch not in _PERMUTED_ARCHS:
+        return None
+    if hf_name.endswith("q_proj.weight"):
+        return n_heads
+    return n_kv_heads if hf_name.endswith("k_proj.weight") else None
 
 
 def unpermute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -103,7 +113,7 @@ def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]
     config = gguf_config(reader.fields, n_vocab, "output.weight" in names)
     sd: dict[str, torch.Tensor] = {}
     for t in reader.tensors:
-        hf = _hf_name(t.name)
+        hf = gguf_to_hf_name(t.name)
         if hf is None:
             continue
         try:
@@ -112,10 +122,7 @@ def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]
             raise MaiError(f"GGUF tensor {t.name} has type {t.tensor_type.name}, which cannot be "
                            "dequantized yet") from exc
         w = torch.from_numpy(np.array(arr, dtype=np.float32))  # a copy: the reader's arrays map the file
-        if config["model_type"] in _PERMUTED_ARCHS:
-            if hf.endswith("q_proj.weight"):
-                w = unpermute_rotary(w, config["num_attention_heads"])
-            elif hf.endswith("k_proj.weight"):
-                w = unpermute_rotary(w, config["num_key_value_heads"])
-        sd[hf] = w
+        heads = rotary_heads(config["model_type"], hf, config["num_attention_heads"],
+                             config["num_key_value_heads"])
+        sd[hf] = w if heads is None else unpermute_rotary(w, heads)
     return config, sd, reader.fields
