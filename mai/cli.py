@@ -256,15 +256,29 @@ def _add_sampling_flags(p: argparse.ArgumentParser, temperature: float) -> None:
                    help="decode through torch.compile (a static KV cache; the first token waits to compile)")
 
 
-def cmd_sft(args: argparse.Namespace) -> None:
+def _tuning_config(args: argparse.Namespace):
+    """The run config of `mai sft` / `mai dpo`: --config, dotted overrides, and --model as train.init_from."""
     from mai.config import load_yaml, resolve
-    from mai.post.sft import run_sft
     from mai.train.config import RunConfig
 
     base = load_yaml(args.config) if args.config else {}
     overrides = list(args.overrides) + ([f"train.init_from={args.model}"] if args.model else [])
-    cfg = resolve(RunConfig, base, overrides)
-    result, meta = run_sft(cfg, args.data, args.lora_rank, not args.no_packing, synth_dirs=args.synth)
+    return resolve(RunConfig, base, overrides)
+
+
+def _add_tuning_flags(p: argparse.ArgumentParser, demo_config: str, model_help: str, data_help: str) -> None:
+    """The flags `mai sft` and `mai dpo` share; see :func:`_tuning_config`."""
+    p.add_argument("--config", help=f"a YAML run config (see {demo_config})")
+    p.add_argument("--model", help=f"{model_help} (mai export, run dir, HF dir, .gguf, bundled:smollm2)")
+    p.add_argument("--data", action="append", default=[], help=data_help)
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
+
+
+def cmd_sft(args: argparse.Namespace) -> None:
+    from mai.post.sft import run_sft
+
+    result, meta = run_sft(_tuning_config(args), args.data, args.lora_rank, not args.no_packing,
+                           synth_dirs=args.synth)
     print(f"data          {meta['train']['conversations']} conversations in {meta['train']['rows']} rows, "
           f"{meta['train']['loss_tokens']:,} assistant tokens")
     print(f"steps         {result.steps}, train loss {result.final_loss:.4f}, "
@@ -273,13 +287,9 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
 
 def cmd_dpo(args: argparse.Namespace) -> None:
-    from mai.config import load_yaml, resolve
     from mai.post.dpo import run_dpo
-    from mai.train.config import RunConfig
 
-    base = load_yaml(args.config) if args.config else {}
-    overrides = list(args.overrides) + ([f"train.init_from={args.model}"] if args.model else [])
-    result, meta = run_dpo(resolve(RunConfig, base, overrides), args.data, args.beta)
+    result, meta = run_dpo(_tuning_config(args), args.data, args.beta)
     print(f"data          {meta['train']['pairs']} preference pairs, {meta['val']['pairs']} for validation")
     print(f"steps         {result.steps}, loss {result.final_loss:.4f}, "
           f"validation loss {result.val_loss:.4f}")
@@ -404,24 +414,18 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=cmd_data_synth)
 
     sft = sub.add_parser("sft", help="supervised fine-tuning on chat conversations (OpenAI messages JSONL)")
-    sft.add_argument("--config", help="a YAML run config (see configs/sft_demo.yaml)")
-    sft.add_argument("--model", help="weights to start from (mai export, run dir, HF dir, .gguf)")
-    sft.add_argument("--data", action="append", default=[],
-                     help="a JSONL file of conversations (repeat for more); none = the chitchat-dataset demo")
+    _add_tuning_flags(sft, "configs/sft_demo.yaml", "weights to start from",
+                      "a JSONL file of conversations (repeat for more); none = the chitchat-dataset demo")
     sft.add_argument("--synth", action="append", default=[],
                      help="WORK_DIR of a `mai data synth` run: its kept documents join as instruction data")
     sft.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank (0 = full)")
     sft.add_argument("--no-packing", action="store_true", help="one conversation per row")
-    sft.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
     sft.set_defaults(func=cmd_sft)
 
     dpo = sub.add_parser("dpo", help="preference tuning (DPO) on chosen/rejected pairs, frozen reference")
-    dpo.add_argument("--config", help="a YAML run config (see configs/dpo_demo.yaml)")
-    dpo.add_argument("--model", help="start and reference model (mai export, run dir, HF dir, .gguf)")
-    dpo.add_argument("--data", action="append", default=[],
-                     help="JSONL of {prompt, chosen, rejected} (repeatable); none = chitchat demo pairs")
+    _add_tuning_flags(dpo, "configs/dpo_demo.yaml", "start and reference model",
+                      "JSONL of {prompt, chosen, rejected} (repeatable); none = chitchat demo pairs")
     dpo.add_argument("--beta", type=float, default=0.1, help="DPO temperature β")
-    dpo.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=100")
     dpo.set_defaults(func=cmd_dpo)
 
     ev = sub.add_parser("eval", help="benchmarks (lm-eval conventions), perplexity and bits per byte")
