@@ -32,6 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", default="hellaswag,arc_easy,piqa")
     ap.add_argument("--limit", type=int, default=100, help="examples per task (0 = all)")
+    ap.add_argument("--skip", type=int, default=0, help="start after this many (a long run in pieces)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                     help="weights and compute of both sides")
     ap.add_argument("--side", choices=("both", "mai", "lm-eval"), default="both")
@@ -41,6 +42,8 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=4096, help="mai's tokens per forward")
     args = ap.parse_args()
     limit = args.limit or None
+    if args.skip and any(n.startswith("mmlu") for n in args.tasks.split(",")):
+        ap.error("--skip cuts one list of examples; MMLU's limit is per subject")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -58,7 +61,8 @@ def main() -> None:
     gguf = smollm2_gguf()
     names = args.tasks.split(",")
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, limit {limit}, side {args.side}, {args.dtype}")
+          f"{torch.get_num_threads()} threads, skip {args.skip}, limit {limit}, side {args.side}, "
+          f"{args.dtype}")
     run_mai, run_lm = args.side in ("both", "mai"), args.side in ("both", "lm-eval")
     nan = float("nan")
     record: dict[str, dict] = {}
@@ -67,7 +71,7 @@ def main() -> None:
         scorer = LoglikScorer(loaded.model, loaded.tokenizer, args.batch_tokens)
     with tempfile.TemporaryDirectory() as folder:
         if run_lm:
-            write_local_tasks(names, folder, limit)
+            write_local_tasks(names, folder, limit, args.skip)
             tm = TaskManager(include_path=folder)
             hf = HFLM(pretrained=str(gguf.parent), gguf_file=gguf.name,
                       dtype=args.dtype, batch_size=args.batch_size, device="cpu")
@@ -77,14 +81,15 @@ def main() -> None:
             row: dict = {}
             if run_mai:
                 t0 = time.perf_counter()
-                ours = run_task(scorer, get_task(name), limit)
+                ours = run_task(scorer, get_task(name), limit, args.skip)
                 row["mai"] = {"n": ours.n, "seconds": time.perf_counter() - t0, "acc": ours.metrics["acc"],
                               "acc_norm": ours.metrics.get("acc_norm", nan)}
             if run_lm:
                 t0 = time.perf_counter()
                 res = lm_eval.simple_evaluate(model=hf, tasks=[f"mai_{name}"], task_manager=tm)
                 theirs = res["results"][f"mai_{name}"]
-                row["lm-eval"] = {"n": res["n-samples"][f"mai_{name}"]["effective"],
+                n = sum(v["effective"] for v in res["n-samples"].values())  # MMLU: a group of subjects
+                row["lm-eval"] = {"n": n,
                                   "seconds": time.perf_counter() - t0, "acc": theirs["acc,none"],
                                   "acc_norm": theirs.get("acc_norm,none", nan)}
             record[name] = row

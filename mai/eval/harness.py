@@ -46,9 +46,10 @@ def example_metrics(ex: Example, scored: list[tuple[float, bool]],
     return out
 
 
-def run_task(scorer: LoglikScorer, task: Task, limit: int | None) -> TaskResult:
+def run_task(scorer: LoglikScorer, task: Task, limit: int | None, skip: int = 0) -> TaskResult:
+    """Score ``limit`` examples (all if None) after the first ``skip`` (a long run done in pieces)."""
     start = time.perf_counter()
-    examples = task.load(limit)
+    examples = task.load(None if limit is None else skip + limit)[skip:]
     pairs = [r for ex in examples for r in ex.requests]
     scored = scorer.score(pairs)
     per_example, at = [], 0

@@ -11,10 +11,12 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from mai.errors import MaiError
+from mai.eval.benchdata import read_arrow
 from mai.eval.tasks import get_task
 from mai.fileio import atomic_write_text
 
@@ -26,23 +28,47 @@ def lm_eval_tasks_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "tasks"
 
 
-def write_local_tasks(names: list[str], out_dir: str | Path, limit: int | None = None) -> list[str]:
-    """Write ``mai_<name>.yaml`` + ``mai_<name>.jsonl`` per task; return the lm-eval task names."""
+def write_local_tasks(names: list[str], out_dir: str | Path, limit: int | None = None,
+                      skip: int = 0) -> list[str]:
+    """Write ``mai_<name>.yaml`` + its documents (``limit`` after the first ``skip``) per task; return the
+    lm-eval task names. MMLU becomes a
+    group ``mai_<name>`` of one task per subject (lm-eval's own subject files, which take their few-shot
+    examples from the start of the subject's dev split, as mai does) whose ``acc`` is the mean over all
+    questions."""
     out = Path(out_dir)
     written = []
     for name in names:
         task = get_task(name)
         if task.lm_eval_yaml is None:
-            raise MaiError(f"task {name} has no single lm-eval task file to mirror (MMLU is a group of 57)")
-        data = out / f"mai_{name}.jsonl"
-        docs = [task.lm_eval_doc(ex.doc) for ex in task.load(limit)]
-        atomic_write_text(data, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
-        split = task.lm_eval_split
-        cfg = {"include": str(lm_eval_tasks_dir() / task.lm_eval_yaml), "task": f"mai_{name}", "tag": [],
-               "dataset_path": "json", "dataset_name": None,
-               "dataset_kwargs": {"data_files": {split: str(data.resolve())}},
-               "training_split": None, "validation_split": split if split == "validation" else None,
-               "test_split": split if split == "test" else None}
-        atomic_write_text(out / f"mai_{name}.yaml", yaml.safe_dump(cfg, sort_keys=False))
+            raise MaiError(f"task {name} has no lm-eval task file to mirror")
+        examples = task.load(None if limit is None else skip + limit)[skip:]
+        if "{subject}" not in task.lm_eval_yaml:
+            _write_task(out, f"mai_{name}", task.lm_eval_yaml, {task.lm_eval_split: [
+                task.lm_eval_doc(ex.doc) for ex in examples]})
+        else:
+            subjects = list(dict.fromkeys(ex.group for ex in examples))
+            for subject in subjects:
+                splits = {"test": [ex.doc for ex in examples if ex.group == subject],  # dev: the shot pool
+                          "dev": read_arrow(f"hails/mmlu_no_train/{subject}/dev")}
+                _write_task(out, f"mai_{name}_{subject}", task.lm_eval_yaml.format(subject=subject), splits,
+                            task.shots)
+            group = {"group": f"mai_{name}", "task": [f"mai_{name}_{s}" for s in subjects],
+                     "aggregate_metric_list": [{"metric": "acc", "weight_by_size": True}]}
+            atomic_write_text(out / f"mai_{name}.yaml", yaml.safe_dump(group, sort_keys=False))
         written.append(f"mai_{name}")
     return written
+
+
+def _write_task(out: Path, task_name: str, include: str, splits: dict[str, list[dict[str, Any]]],
+                shots: int = 0) -> None:
+    """One task file including lm-eval's ``include`` file, its splits read from JSONL files beside it."""
+    files = {}
+    for split, docs in splits.items():
+        files[split] = out / f"{task_name}.{split}.jsonl"
+        atomic_write_text(files[split], "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
+    cfg = {"include": str(lm_eval_tasks_dir() / include), "task": task_name, "tag": [],
+           "dataset_path": "json", "dataset_name": None,
+           "dataset_kwargs": {"data_files": {k: str(f.resolve()) for k, f in files.items()}},
+           "training_split": None, "validation_split": "validation" if "validation" in splits else None,
+           "test_split": "test" if "test" in splits else None, "num_fewshot": shots}
+    atomic_write_text(out / f"{task_name}.yaml", yaml.safe_dump(cfg, sort_keys=False))

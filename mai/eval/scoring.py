@@ -4,90 +4,69 @@ Tokenization follows lm-evaluation-harness exactly (``_encode_pair``): trailing 
 to the continuation, the continuation's tokens are those of ``encode(context + continuation)`` after the
 first ``len(encode(context))``, and an empty context becomes the BOS (else EOS) token.
 
-The speed comes from sharing the context: all choices of a question are packed into ONE row, a token
-tree with the context as its trunk and the choices as branches (a prefix that several choices share is
-one branch until they differ), each token at the position of its depth and seeing only its ancestors.
-So the context runs once per question instead of once per choice, and a question is one forward pass.
-Rows are then packed, longest first, into sequences of up to ``pack_len`` tokens (each question its own
-attention block with positions from 0), batched by width, so batches carry little padding and little
-attention across blocks; the output head runs on the scored positions only (a context's
-last token and each continuation's tokens), not on the whole packed sequence.
+The speed comes from sharing: all choices of a question are ONE row, a token tree with the context as
+its trunk and the choices as branches (:mod:`mai.eval.token_tree`), each token at the position of its
+depth and seeing only its ancestors, so the context runs once per question instead of once per choice.
+A long prefix that many questions share (a few-shot prompt) runs once per group of questions: its keys
+and values are computed first, and every question's tokens attend to them. Rows are then packed,
+longest first, into sequences of up to ``pack_len`` tokens (each question its own attention block),
+batched by width, so batches carry little padding and little attention across blocks; the output head
+runs once per scored position (a context's last token and each continuation's tokens), not on the whole
+packed sequence.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from mai.eval.token_tree import PrefixGroup, Row, share_prefixes, tree_mask
 from mai.model.transformer import Transformer
 from mai.tokenizer import MaiTokenizer
 
-
-@dataclass
-class Row:
-    """A context and the continuations scored after it; ``owners`` are their request indices.
-
-    The row is fed as a token tree: the context once, then every continuation as a path of a trie, so
-    tokens that several continuations share after the context (PIQA's two solutions often differ only
-    at the end) are fed once too. The last token of a continuation is only predicted, never fed."""
-
-    context: list[int]
-    continuations: list[list[int]]
-    owners: list[int]
-    fed: list[int] = field(init=False)  # tokens fed, context first
-    parents: list[int] = field(init=False)  # index of each fed token's parent (-1 for the first)
-    sources: list[list[int]] = field(init=False)  # per continuation: the fed indices that predict it
-
-    def __post_init__(self) -> None:
-        self.fed = list(self.context)
-        self.parents = list(range(-1, len(self.context) - 1))
-        node: dict[tuple[int, ...], int] = {}
-        self.sources = []
-        for cont in self.continuations:
-            src = [len(self.context) - 1]
-            for i in range(1, len(cont)):
-                key = tuple(cont[:i])
-                if key not in node:
-                    node[key] = len(self.fed)
-                    self.fed.append(cont[i - 1])
-                    self.parents.append(src[-1])
-                src.append(node[key])
-            self.sources.append(src)
-
-    def __len__(self) -> int:
-        return len(self.fed)
-
-
-def tree_mask(parents: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Attention mask (each token sees its ancestors and itself) and positions (depth) of a token tree
-    whose parents come before their children."""
-    n = len(parents)
-    mask = np.zeros((n, n), dtype=bool)
-    depth = np.zeros(n, dtype=np.int64)
-    for i, parent in enumerate(parents):
-        if parent >= 0:
-            mask[i] = mask[parent]
-            depth[i] = depth[parent] + 1
-        mask[i, i] = True
-    return mask, depth
+PrefixKV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class _PackedMask:
-    """Stands in for a KV cache: no past, but a per-row attention mask for the packed layout."""
+    """Stands in for a KV cache: the packed layout's per-sequence attention mask, and the keys and values
+    of a shared prefix (one per layer, [1, kv heads, P, head dim]) that every token attends to."""
 
     length = 0
 
-    def __init__(self, mask: torch.Tensor) -> None:
-        self.mask = mask
+    def __init__(self, mask: torch.Tensor, prefix: PrefixKV | None = None) -> None:
+        self.mask, self.prefix = mask, prefix
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return k, v
+        if not self.prefix:
+            return k, v
+        pk, pv = self.prefix[layer]
+        b = k.shape[0]
+        return torch.cat([pk.expand(b, -1, -1, -1), k], 2), torch.cat([pv.expand(b, -1, -1, -1), v], 2)
 
     def attn_mask(self, t: int) -> torch.Tensor:
         return self.mask
+
+    def advance(self, t: int) -> None:
+        pass
+
+
+class _PrefixRecorder:
+    """Stands in for a KV cache while a shared prefix runs (causal, from position 0): keeps each layer's
+    keys and values."""
+
+    length = 0
+
+    def __init__(self) -> None:
+        self.kv: PrefixKV = []
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.kv.append((k, v))
+        return k, v
+
+    def attn_mask(self, t: int) -> None:
+        return None
 
     def advance(self, t: int) -> None:
         pass
@@ -97,9 +76,9 @@ class LoglikScorer:
     """Scores (context, continuation) pairs: log P(continuation | context) and whether it is greedy."""
 
     def __init__(self, model: Transformer, tokenizer: MaiTokenizer, batch_tokens: int = 4096,
-                 max_length: int | None = None, pack_len: int = 256) -> None:
+                 max_length: int | None = None, pack_len: int = 256, min_shared: int = 64) -> None:
         self.model, self.tok = model, tokenizer
-        self.batch_tokens, self.pack_len = batch_tokens, pack_len
+        self.batch_tokens, self.pack_len, self.min_shared = batch_tokens, pack_len, min_shared
         self.max_length = max_length or model.cfg.max_seq_len
         self.device = next(model.parameters()).device
         self.prefix_id = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
@@ -166,22 +145,38 @@ class LoglikScorer:
         if batch:
             yield batch, width
 
+    def groups(self, pairs: Sequence[tuple[str, str]]) -> list[PrefixGroup]:
+        """The rows of ``pairs``, grouped by the prefixes (of ``min_shared`` tokens or more) they share."""
+        return share_prefixes(self.rows(pairs), self.min_shared)
+
     @torch.no_grad()
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         """(log-likelihood, is greedy) for each (context, continuation) pair, in order."""
         results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
-        for batch, width in self.batches(self.bins(self.rows(pairs))):
-            for row, scored in zip([r for b in batch for r in b], self._forward(batch, width), strict=True):
-                for owner, value in zip(row.owners, scored, strict=True):
-                    results[owner] = value
+        for group in self.groups(pairs):
+            prefix = self._prefix_kv(group.prefix)
+            for batch, width in self.batches(self.bins(group.rows)):
+                rows = [r for b in batch for r in b]
+                for row, scored in zip(rows, self._forward(batch, width, prefix), strict=True):
+                    for owner, value in zip(row.owners, scored, strict=True):
+                        results[owner] = value
         return results
 
-    def _forward(self, batch: list[list[Row]], width: int) -> list[list[tuple[float, bool]]]:
-        b = len(batch)
+    def _prefix_kv(self, prefix: list[int]) -> PrefixKV | None:
+        if not prefix:
+            return None
+        recorder = _PrefixRecorder()
+        self.model.hidden(torch.tensor([prefix], device=self.device), cache=recorder)  # type: ignore[arg-type]
+        return recorder.kv
+
+    def _forward(self, batch: list[list[Row]], width: int,
+                 prefix: PrefixKV | None) -> list[list[tuple[float, bool]]]:
+        b, p = len(batch), prefix[0][0].shape[2] if prefix else 0
         tokens = torch.full((b, width), self.tok.pad_id, dtype=torch.long)
         positions = torch.zeros((b, width), dtype=torch.long)
-        mask = np.zeros((b, width, width), dtype=bool)
-        mask[:, np.arange(width), np.arange(width)] = True  # padding sees itself: no empty softmax rows
+        mask = np.zeros((b, width, p + width), dtype=bool)
+        mask[:, :, :p] = True  # the shared prefix is every token's first ancestors
+        mask[:, np.arange(width), p + np.arange(width)] = True  # padding sees itself: no empty softmax rows
         picks = []  # (row number, sequence, predicting position, target token, continuation index)
         n = 0
         for s, rows in enumerate(batch):
@@ -190,23 +185,34 @@ class LoglikScorer:
                 block, depth = tree_mask(row.parents)
                 span = slice(at, at + len(row))
                 tokens[s, span] = torch.tensor(row.fed)
-                positions[s, span] = torch.from_numpy(depth)
-                mask[s, span, span] = block
+                positions[s, span] = torch.from_numpy(row.start + depth)
+                mask[s, span, p + at:p + at + len(row)] = block
                 for k, (cont, src) in enumerate(zip(row.continuations, row.sources, strict=True)):
                     picks.extend((n, s, at + i, t, k) for i, t in zip(src, cont, strict=True))
                 at += len(row)
                 n += 1
         dev = self.device
-        hidden = self.model.hidden(tokens.to(dev), cache=_PackedMask(torch.from_numpy(mask)[:, None].to(dev)),  # type: ignore[arg-type]
-                                   positions=positions.to(dev))
-        seq = torch.tensor([p[1] for p in picks])
-        src = torch.tensor([p[2] for p in picks])
+        cache = _PackedMask(torch.from_numpy(mask)[:, None].to(dev), prefix)
+        hidden = self.model.hidden(tokens.to(dev), cache=cache, positions=positions.to(dev))  # type: ignore[arg-type]
+        # A position predicts the next token of every continuation through it: its head runs once.
+        flat = torch.tensor([p[1] * width + p[2] for p in picks])
+        where, slot = torch.unique(flat, return_inverse=True)
+        logits = self.model.head(hidden.reshape(b * width, -1)[where.to(dev)]).float().cpu()
         target = torch.tensor([p[3] for p in picks])
-        chosen = self.model.head(hidden[seq.to(dev), src.to(dev)]).float().cpu()
-        logp = torch.log_softmax(chosen, dim=-1).gather(1, target[:, None])[:, 0]
-        greedy = chosen.argmax(-1) == target
+        logp = torch.log_softmax(logits, dim=-1)[slot, target]
+        greedy = _is_argmax(logits, slot, target)
         out = [[(0.0, True) for _ in row.continuations] for rows in batch for row in rows]
         for (r, _, _, _, k), lp, g in zip(picks, logp.tolist(), greedy.tolist(), strict=True):
             ll, ok = out[r][k]
             out[r][k] = (ll + lp, ok and g)
         return out
+
+
+def _is_argmax(logits: torch.Tensor, slot: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Whether ``target[i]`` is ``logits[slot[i]].argmax()`` (the first maximum, as lm-eval's argmax):
+    a max over the rows is a fraction of an argmax's cost, and only rows where the target reaches the
+    max need the argmax to settle ties."""
+    top = logits[slot, target] == logits.amax(-1)[slot]
+    ties = top.nonzero()[:, 0]
+    top[ties] = logits[slot[ties]].argmax(-1) == target[ties]
+    return top

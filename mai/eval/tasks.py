@@ -35,9 +35,10 @@ class Task:
     load: Callable[[int | None], list[Example]]
     metrics: tuple[str, ...]
     description: str
-    lm_eval_yaml: str | None = None  # lm-eval's own task file (relative to lm_eval/tasks) with this format
+    lm_eval_yaml: str | None = None  # lm-eval's own task file (relative to lm_eval/tasks; MMLU: per subject)
     lm_eval_doc: Callable[[dict[str, Any]], dict[str, Any]] = lambda doc: doc
     lm_eval_split: str = "validation"  # the split lm-eval's task file evaluates
+    shots: int = 0  # solved examples before each question
 
 
 def multiple_choice(context: str, choices: list[str], gold: int, doc: dict[str, Any],
@@ -122,6 +123,7 @@ def _boolq_doc(d: dict[str, Any]) -> dict[str, Any]:
 
 
 MC = ("acc", "acc_norm")
+MMLU_YAML = "mmlu/default/mmlu_{subject}.yaml"
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task("hellaswag", hellaswag, MC, "HellaSwag validation (10,042)", "hellaswag/hellaswag.yaml"),
     Task("arc_easy", _arc("ARC-Easy"), MC, "ARC-Easy validation (570)", "arc/arc_easy.yaml"),
@@ -131,8 +133,10 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("winogrande", winogrande, ("acc",), "Winogrande XL validation (1,267)",
          "winogrande/default.yaml"),
     Task("boolq", boolq, ("acc",), "BoolQ validation (3,270)", "super_glue/boolq/default.yaml", _boolq_doc),
-    Task("mmlu", _mmlu(0), ("acc",), "MMLU test, 57 subjects, 0-shot (14,042)"),
-    Task("mmlu_5shot", _mmlu(5), ("acc",), "MMLU test, 57 subjects, 5-shot from dev"),
+    Task("mmlu", _mmlu(0), ("acc",), "MMLU test, 57 subjects, 0-shot (14,042)", MMLU_YAML,
+         lm_eval_split="test"),
+    Task("mmlu_5shot", _mmlu(5), ("acc",), "MMLU test, 57 subjects, 5-shot from dev", MMLU_YAML,
+         lm_eval_split="test", shots=5),
     Task("lambada", lambada, ("acc", "perplexity"), "LAMBADA OpenAI test, last word (5,153)",
          "lambada/lambada_openai.yaml", lambda doc: doc, "test"),
 ]}

@@ -63,3 +63,31 @@ def test_mai_adapter_in_lm_eval_equals_hf(lm_eval_results):
         a = lm_eval_results["mai"]["results"][f"mai_{name}"]
         b = lm_eval_results["hf"]["results"][f"mai_{name}"]
         assert a["acc,none"] == b["acc,none"] and a["acc_norm,none"] == b["acc_norm,none"]
+
+
+def test_few_shot_prefix_shared_across_questions_scores_as_lm_eval(smollm, benchdata, tmp_path):
+    """MMLU 5-shot: the questions of a subject share their five solved examples, which mai runs once per
+    subject; every choice's log-likelihood still equals lm-eval's, which runs each question whole."""
+    import os
+
+    from lm_eval.tasks import TaskManager
+
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    write_local_tasks(["mmlu_5shot"], tmp_path, limit=4)
+    subjects = ["astronomy", "virology"]
+    res = lm_eval.simple_evaluate(model="hf", tasks=[f"mai_mmlu_5shot_{s}" for s in subjects], batch_size=8,
+                                  model_args={"pretrained": str(smollm.parent), "gguf_file": smollm.name,
+                                              "dtype": "float32"},
+                                  device="cpu", task_manager=TaskManager(include_path=str(tmp_path)),
+                                  log_samples=True)
+    loaded = load_model(smollm)
+    scorer = LoglikScorer(loaded.model, loaded.tokenizer)
+    examples = [ex for ex in get_task("mmlu_5shot").load(4) if ex.group in subjects]
+    pairs = [r for ex in examples for r in ex.requests]
+    groups = scorer.groups(pairs)
+    assert sorted(len(g.rows) for g in groups if g.prefix) == [4, 4]  # one group per subject
+    ours = iter(s[0] for s in scorer.score(pairs))
+    for subject in subjects:
+        for sample in sorted(res["samples"][f"mai_mmlu_5shot_{subject}"], key=lambda s: s["doc_id"]):
+            assert [next(ours) for _ in sample["resps"]] == pytest.approx([r[0][0] for r in sample["resps"]],
+                                                                           abs=2e-3)

