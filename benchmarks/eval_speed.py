@@ -42,8 +42,6 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=4096, help="mai's tokens per forward")
     args = ap.parse_args()
     limit = args.limit or None
-    if args.skip and any(n.startswith("mmlu") for n in args.tasks.split(",")):
-        ap.error("--skip cuts one list of examples; MMLU's limit is per subject")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -57,6 +55,9 @@ def main() -> None:
     from mai.eval.tasks import get_task
     from mai.interop import load_model
     from mai.interop.bundled import smollm2_gguf
+
+    if args.skip and any(get_task(n).per_subject for n in args.tasks.split(",")):
+        ap.error("--skip cuts one list of examples; MMLU's limit is per subject")
 
     gguf = smollm2_gguf()
     names = args.tasks.split(",")

@@ -49,7 +49,7 @@ def example_metrics(ex: Example, scored: list[tuple[float, bool]],
 def run_task(scorer: LoglikScorer, task: Task, limit: int | None, skip: int = 0) -> TaskResult:
     """Score ``limit`` examples (all if None) after the first ``skip`` (a long run done in pieces)."""
     start = time.perf_counter()
-    examples = task.load(None if limit is None else skip + limit)[skip:]
+    examples = task.examples(limit, skip)
     pairs = [r for ex in examples for r in ex.requests]
     scored = scorer.score(pairs)
     per_example, at = [], 0

@@ -16,8 +16,7 @@ from typing import Any
 import yaml
 
 from mai.errors import MaiError
-from mai.eval.benchdata import read_arrow
-from mai.eval.tasks import get_task
+from mai.eval.tasks import get_task, mmlu_dev
 from mai.fileio import atomic_write_text
 
 
@@ -31,25 +30,24 @@ def lm_eval_tasks_dir() -> Path:
 def write_local_tasks(names: list[str], out_dir: str | Path, limit: int | None = None,
                       skip: int = 0) -> list[str]:
     """Write ``mai_<name>.yaml`` + its documents (``limit`` after the first ``skip``) per task; return the
-    lm-eval task names. MMLU becomes a
-    group ``mai_<name>`` of one task per subject (lm-eval's own subject files, which take their few-shot
-    examples from the start of the subject's dev split, as mai does) whose ``acc`` is the mean over all
-    questions."""
+    lm-eval task names. MMLU becomes a group ``mai_<name>`` of one task per subject (lm-eval's own subject
+    files, which take their few-shot examples from the start of the subject's dev split, as mai does)
+    whose ``acc`` is the mean over all questions."""
     out = Path(out_dir)
     written = []
     for name in names:
         task = get_task(name)
         if task.lm_eval_yaml is None:
             raise MaiError(f"task {name} has no lm-eval task file to mirror")
-        examples = task.load(None if limit is None else skip + limit)[skip:]
-        if "{subject}" not in task.lm_eval_yaml:
+        examples = task.examples(limit, skip)
+        if not task.per_subject:
             _write_task(out, f"mai_{name}", task.lm_eval_yaml, {task.lm_eval_split: [
                 task.lm_eval_doc(ex.doc) for ex in examples]})
         else:
             subjects = list(dict.fromkeys(ex.group for ex in examples))
             for subject in subjects:
                 splits = {"test": [ex.doc for ex in examples if ex.group == subject],  # dev: the shot pool
-                          "dev": read_arrow(f"hails/mmlu_no_train/{subject}/dev")}
+                          "dev": mmlu_dev(subject)}
                 _write_task(out, f"mai_{name}_{subject}", task.lm_eval_yaml.format(subject=subject), splits,
                             task.shots)
             group = {"group": f"mai_{name}", "task": [f"mai_{name}_{s}" for s in subjects],

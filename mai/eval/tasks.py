@@ -40,6 +40,15 @@ class Task:
     lm_eval_split: str = "validation"  # the split lm-eval's task file evaluates
     shots: int = 0  # solved examples before each question
 
+    @property
+    def per_subject(self) -> bool:
+        """MMLU: one lm-eval task file per subject, and ``limit`` counts per subject."""
+        return "{subject}" in (self.lm_eval_yaml or "")
+
+    def examples(self, limit: int | None, skip: int = 0) -> list[Example]:
+        """``limit`` examples (all if None) after the first ``skip``: a long run done in pieces."""
+        return self.load(None if limit is None else skip + limit)[skip:]
+
 
 def multiple_choice(context: str, choices: list[str], gold: int, doc: dict[str, Any],
                     group: str = "") -> Example:
@@ -95,6 +104,11 @@ def _mmlu_prompt(d: dict[str, Any]) -> str:
     return f"{d['question'].strip()}\nA. {c[0]}\nB. {c[1]}\nC. {c[2]}\nD. {c[3]}\nAnswer:"
 
 
+def mmlu_dev(subject: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """A subject's dev split: the pool its few-shot examples come from, in order."""
+    return read_arrow(f"hails/mmlu_no_train/{subject}/dev", limit)
+
+
 def _mmlu(shots: int) -> Callable[[int | None], list[Example]]:
     """All 57 subjects; ``limit`` applies per subject (as lm-eval's --limit does for each subtask)."""
     def load(limit: int | None) -> list[Example]:
@@ -102,7 +116,7 @@ def _mmlu(shots: int) -> Callable[[int | None], list[Example]]:
         for subject in mmlu_subjects():
             head = f"The following are multiple choice questions (with answers) about " \
                    f"{subject.replace('_', ' ')}.\n\n"
-            dev = read_arrow(f"hails/mmlu_no_train/{subject}/dev", shots) if shots else []
+            dev = mmlu_dev(subject, shots) if shots else []
             head += "".join(f"{_mmlu_prompt(s)} {'ABCD'[s['answer']]}\n\n" for s in dev)
             for d in read_arrow(f"hails/mmlu_no_train/{subject}/test", limit):
                 out.append(multiple_choice(head + _mmlu_prompt(d), list("ABCD"), d["answer"], d, subject))
