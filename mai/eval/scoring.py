@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from mai.eval.token_tree import PrefixGroup, Row, share_prefixes, tree_mask
+from mai.infer.onednn_linear import use_onednn_linears
 from mai.model.transformer import Transformer
 from mai.tokenizer import MaiTokenizer
 
@@ -73,11 +74,14 @@ class _PrefixRecorder:
 
 
 class LoglikScorer:
-    """Scores (context, continuation) pairs: log P(continuation | context) and whether it is greedy."""
+    """Scores (context, continuation) pairs: log P(continuation | context) and whether it is greedy.
+
+    The model's linear layers are switched, in place, to oneDNN's float32 CPU matmul
+    (:mod:`mai.infer.onednn_linear`: same weights, faster on many rows, unchanged for training)."""
 
     def __init__(self, model: Transformer, tokenizer: MaiTokenizer, batch_tokens: int = 4096,
                  max_length: int | None = None, pack_len: int = 256, min_shared: int = 64) -> None:
-        self.model, self.tok = model, tokenizer
+        self.model, self.tok = use_onednn_linears(model), tokenizer
         self.batch_tokens, self.pack_len, self.min_shared = batch_tokens, pack_len, min_shared
         self.max_length = max_length or model.cfg.max_seq_len
         self.device = next(model.parameters()).device
@@ -199,7 +203,7 @@ class LoglikScorer:
         where, slot = torch.unique(flat, return_inverse=True)
         logits = self.model.head(hidden.reshape(b * width, -1)[where.to(dev)]).float().cpu()
         target = torch.tensor([p[3] for p in picks])
-        logp = torch.log_softmax(logits, dim=-1)[slot, target]
+        logp = logits[slot, target] - logits.logsumexp(-1)[slot]  # log_softmax would write every logit
         greedy = _is_argmax(logits, slot, target)
         out = [[(0.0, True) for _ in row.continuations] for rows in batch for row in rows]
         for (r, _, _, _, k), lp, g in zip(picks, logp.tolist(), greedy.tolist(), strict=True):
