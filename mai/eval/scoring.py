@@ -203,7 +203,7 @@ class LoglikScorer:
         where, slot = torch.unique(flat, return_inverse=True)
         logits = self.model.head(hidden.reshape(b * width, -1)[where.to(dev)]).float().cpu()
         target = torch.tensor([p[3] for p in picks])
-        logp = logits[slot, target] - logits.logsumexp(-1)[slot]  # log_softmax would write every logit
+        logp = torch.log_softmax(logits, dim=-1)[slot, target]
         greedy = _is_argmax(logits, slot, target)
         out = [[(0.0, True) for _ in row.continuations] for rows in batch for row in rows]
         for (r, _, _, _, k), lp, g in zip(picks, logp.tolist(), greedy.tolist(), strict=True):
