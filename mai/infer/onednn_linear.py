@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mai.model.swap import swap_children
+from mai.model.transformer import eager_inference
+
 MIN_ROWS = 2
 
 
@@ -34,8 +37,7 @@ class OneDnnLinear(nn.Module):
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dtype == torch.float32 == self.weight.dtype
-                and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        if (x.device.type == "cpu" and x.dtype == torch.float32 == self.weight.dtype and eager_inference()
                 and x.shape[:-1].numel() >= MIN_ROWS):
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [None], "")
         return F.linear(x, self.weight, self.bias)
@@ -48,8 +50,5 @@ def use_onednn_linears(model: nn.Module) -> nn.Module:
     """Replace, in place, every plain ``nn.Linear`` of ``model`` by a :class:`OneDnnLinear` sharing its
     tensors; a no-op where the op is missing. Quantized layers are other classes and stay as they are."""
     if onednn_available():
-        for parent in list(model.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is nn.Linear:
-                    setattr(parent, name, OneDnnLinear(child))
+        swap_children(model, lambda _, child: OneDnnLinear(child) if type(child) is nn.Linear else None)
     return model

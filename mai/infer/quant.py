@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mai.errors import MaiError
+from mai.model.swap import swap_children
 
 QUANT_MODES = ("none", "int8", "gguf")
 
@@ -68,10 +69,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     blocks = getattr(model, "layers", None)
     if blocks is None:
         raise MaiError("int8 quantization expects a mai Transformer (a model with .layers)")
-    for parent in list(blocks.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                setattr(parent, name, Int8Linear(child))
+    swap_children(blocks, lambda _, child: Int8Linear(child) if type(child) is nn.Linear else None)
     return model
 
 

@@ -9,6 +9,8 @@ import math
 import torch
 from torch import nn
 
+from mai.model.swap import swap_children
+
 TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
 
@@ -36,18 +38,13 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None = None,
     """Freeze every parameter and wrap the target linears; returns the number of trainable parameters."""
     for p in model.parameters():
         p.requires_grad_(False)
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if name in targets and isinstance(child, nn.Linear):
-                setattr(module, name, LoRALinear(child, rank, alpha or 2.0 * rank))
+    swap_children(model, lambda name, child: LoRALinear(child, rank, alpha or 2.0 * rank)
+                  if name in targets and isinstance(child, nn.Linear) else None)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def merge_lora(model: nn.Module) -> None:
     """Replace every LoRALinear by its base linear with the update added in; unfreeze everything."""
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, LoRALinear):
-                setattr(module, name, child.merged())
+    swap_children(model, lambda _, child: child.merged() if isinstance(child, LoRALinear) else None)
     for p in model.parameters():
         p.requires_grad_(True)
