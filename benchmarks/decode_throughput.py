@@ -33,6 +33,9 @@ from mai.infer.quant import apply_quant
 from mai.infer.sampling import SamplingParams
 from mai.interop import export_hf, load_model
 from mai.interop.bundled import smollm2_gguf
+from mai.precision import DECODE_ROWS, bench_tag, choose_precision
+
+TAG = bench_tag("fp32")  # every side decodes the same float32 weights
 
 
 def prompt_ids(tok, n: int) -> list[int]:
@@ -131,21 +134,24 @@ def main() -> None:
             tn = timed(lambda run=run: run(short, 1 + args.new_tokens))
             decode[name].append(args.new_tokens / max(tn - t1, 1e-9))
             prefill[name].append(args.prefill / timed(lambda run=run: run(long, 1)))
-            print(f"round {r + 1} {name}: decode {decode[name][-1]:.1f} tok/s, "
+            print(f"{TAG} round {r + 1} {name}: decode {decode[name][-1]:.1f} tok/s, "
                   f"prefill {prefill[name][-1]:.0f} tok/s", flush=True)
     base = "transformers generate"
-    print(f"\nSmolLM2-135M float32, torch {torch.__version__}, transformers {transformers.__version__}, "
+    print(f"\n{TAG} SmolLM2-135M float32 on every side (precision auto would pick "
+          f"{choose_precision('auto', 'cpu', DECODE_ROWS).name} for batch-1 decoding here), "
+          f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"{torch.get_num_threads()} threads; decode: prompt {args.prompt} + {args.new_tokens} new tokens; "
           f"prefill: {args.prefill} tokens; medians of {args.rounds} rounds; the ratio is the median of each "
           "round's ratio (the sides of one round ran back to back, under the same load)\n")
-    print("| | decode tok/s (batch 1) | × transformers | prefill tok/s | × transformers | decode by round |")
-    print("|---|---|---|---|---|---|")
+    print("| | decode tok/s (batch 1) | × transformers | prefill tok/s | × transformers | decode by round | "
+          "machine |")
+    print("|---|---|---|---|---|---|---|")
     for name in sides:
         d, p = statistics.median(decode[name]), statistics.median(prefill[name])
         rd = statistics.median(a / b for a, b in zip(decode[name], decode[base], strict=True))
         rp = statistics.median(a / b for a, b in zip(prefill[name], prefill[base], strict=True))
         rounds = ", ".join(f"{v:.1f}" for v in decode[name])
-        print(f"| {name} | {d:.1f} | {rd:.2f}× | {p:.0f} | {rp:.2f}× | {rounds} |")
+        print(f"| {name} | {d:.1f} | {rd:.2f}× | {p:.0f} | {rp:.2f}× | {rounds} | {TAG} |")
 
 if __name__ == "__main__":
     main()

@@ -25,6 +25,10 @@ from pathlib import Path
 
 import torch
 
+from mai.precision import bench_tag
+
+PRECISION_NAMES = {"float32": "fp32", "bfloat16": "bf16"}
+
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
@@ -63,7 +67,7 @@ def main() -> None:
     names = args.tasks.split(",")
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, skip {args.skip}, limit {limit}, side {args.side}, "
-          f"{args.dtype}")
+          f"{args.dtype} {bench_tag(PRECISION_NAMES[args.dtype])}")
     run_mai, run_lm = args.side in ("both", "mai"), args.side in ("both", "lm-eval")
     nan = float("nan")
     record: dict[str, dict] = {}
@@ -77,7 +81,7 @@ def main() -> None:
             hf = HFLM(pretrained=str(gguf.parent), gguf_file=gguf.name,
                       dtype=args.dtype, batch_size=args.batch_size, device="cpu")
         print(f"{'task':<12} {'n':>5} {'mai ex/s':>9} {'lm-eval ex/s':>13} {'speed-up':>9}  "
-              f"{'mai acc/acc_norm':>17} {'lm-eval acc/acc_norm':>21}")
+              f"{'mai acc/acc_norm':>17} {'lm-eval acc/acc_norm':>21} machine")
         for name in names:
             row: dict = {}
             if run_mai:
@@ -94,7 +98,8 @@ def main() -> None:
                                   "seconds": time.perf_counter() - t0, "acc": theirs["acc,none"],
                                   "acc_norm": theirs.get("acc_norm,none", nan)}
             record[name] = row
-            print(_row(name, row.get("mai"), row.get("lm-eval")), flush=True)
+            print(_row(name, row.get("mai"), row.get("lm-eval")), bench_tag(PRECISION_NAMES[args.dtype]),
+                  flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps(record, indent=1))
 

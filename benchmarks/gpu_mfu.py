@@ -1,5 +1,6 @@
-"""MFU and tokens/s of `mai`'s model on one GPU: a ~1B dense model and a small MoE, bf16 autocast with
-fp32 master weights (as `mai train` runs), torch.compile, fused AdamW, random tokens.
+"""MFU and tokens/s of `mai`'s model on one GPU: a ~1B dense model and a small MoE, in the precision
+`mai train`'s ``precision: auto`` picks (bf16 autocast with fp32 master weights on CUDA; on a CPU dry run
+bf16 only where it measures fast), torch.compile, fused AdamW, random tokens.
 
 MFU = tokens/s × training FLOPs per token (mai.model.presets.train_flops_per_token, the count Megatron-LM
 and torchtitan use) ÷ the device's dense bf16 peak (989 TFLOP/s for H100/H200, mai.train.peak).
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from mai.model.moe import moe_aux_loss
 from mai.model.presets import count_params, get_preset, train_flops_per_token
 from mai.model.transformer import Transformer
+from mai.precision import bench_tag, resolve
 from mai.train.peak import peak_flops
 
 # name → (model config, micro-batch, sequence length)
@@ -51,8 +53,10 @@ def measure(name: str, cfg, batch: int, seq: int, device: torch.device, steps: i
     tokens = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device=device)
     x, y = tokens[:, :-1], tokens[:, 1:]
 
+    precision = resolve("auto", device).name
+
     def step() -> float:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = step_fn(x)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         (loss + moe_aux_loss(model)).backward()
@@ -72,12 +76,13 @@ def measure(name: str, cfg, batch: int, seq: int, device: torch.device, steps: i
     step_s = statistics.median(times)
     tok_s = batch * seq / step_s
     flops = train_flops_per_token(cfg, seq)
-    peak = peak_flops(device, "bf16")
+    peak = peak_flops(device, precision)
     size = count_params(cfg)
     on_gpu = device.type == "cuda"
     result = {"model": name, "params": size.total, "active_params": size.active, "batch": batch, "seq": seq,
               "step_s": step_s, "tokens_per_s": tok_s, "tflops": tok_s * flops / 1e12,
               "mfu": tok_s * flops / peak, "peak_tflops": peak / 1e12, "warmup_s": compile_s,
+              "precision": precision,
               "device": torch.cuda.get_device_name(device) if on_gpu else "cpu",
               "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if on_gpu else 0.0}
     return result
@@ -120,13 +125,14 @@ def main() -> None:
     tmp.replace(out)
     peak = results[0]["peak_tflops"]
     print(f"| model | params (active) | batch × seq | tokens/s | TFLOP/s | MFU vs {peak:.1f} | step "
-          "| warm-up | peak memory |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| warm-up | peak memory | machine |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['model']} | {r['params'] / 1e9:.2f}B ({r['active_params'] / 1e9:.2f}B) | {r['batch']} × "
               f"{r['seq']} | {r['tokens_per_s']:,.0f} | {r['tflops']:.1f} | {r['mfu']:.1%} | "
-              f"{r['step_s'] * 1e3:.0f} ms | {r['warmup_s']:.0f} s | {r['peak_mem_gib']:.1f} GiB |")
-    print(f"device: {results[0]['device']}; results in {out}")
+              f"{r['step_s'] * 1e3:.0f} ms | {r['warmup_s']:.0f} s | {r['peak_mem_gib']:.1f} GiB | "
+              f"{bench_tag(r['precision'])} |")
+    print(f"device: {results[0]['device']} {bench_tag(results[0]['precision'])}; results in {out}")
 
 
 if __name__ == "__main__":

@@ -139,11 +139,14 @@ def main() -> None:
     from mai.data.corpus import default_corpus
     from mai.interop import load_model
     from mai.interop.bundled import smollm2_gguf
+    from mai.precision import bench_tag, choose_precision
 
     tok = load_model(smollm2_gguf(), max_seq_len=256).tokenizer
     texts = [tok.decode(tok.encode(t)[: args.prompt]) for t in default_corpus(limit=400)]
     proc = None
     url = args.url
+    # the started server resolves precision auto for its batch on this machine; an external one is unknown
+    tag = bench_tag(choose_precision("auto", "cpu", max(args.concurrency)).name if url is None else "?")
     if url is None:
         proc, url = start_server(max(args.concurrency), args.threads)
     try:
@@ -155,7 +158,7 @@ def main() -> None:
             offset += n
             asyncio.run(run_level(url, args.model, prompts[:1], 1, 4))  # warm-up
             results, wall = asyncio.run(run_level(url, args.model, prompts, c, args.max_tokens))
-            rows.append(summarize(c, results, wall))
+            rows.append({**summarize(c, results, wall), "machine": tag})
             print(json.dumps(rows[-1]), flush=True)
     finally:
         if proc is not None:

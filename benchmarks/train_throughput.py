@@ -4,8 +4,11 @@ Both models have the same shape and weights count, train with the same step (Ada
 fp32 logits, gradient clipping) on the same random batches, in fp32 and in bf16 autocast. The runs
 alternate (mai, HF, mai, HF, ...) so that load from other processes hits both alike; the script prints
 medians and the mai/HF ratio, and MFU against this machine's matmul peak measured in the same process.
+By default only the precision that ``precision: auto`` picks here is timed (bf16 on a CPU without a fast
+bf16 path would take hours); ``--precision both`` times fp32 and bf16.
 
-    python benchmarks/train_throughput.py [--steps 8] [--rounds 3] [--compile]
+    python benchmarks/train_throughput.py [--steps 8] [--rounds 3] [--compile] \
+        [--precision auto|fp32|bf16|both]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch.nn.functional as F
 from mai.model.config import ModelConfig
 from mai.model.presets import train_flops_per_token
 from mai.model.transformer import Transformer
+from mai.precision import bench_tag, resolve
 from mai.train.peak import measure_matmul_flops
 
 SHAPE = dict(vocab_size=8192, d_model=384, n_layers=6, n_heads=6, n_kv_heads=6, ffn_dim=1024, max_seq_len=256)
@@ -61,7 +65,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also time mai with torch.compile")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "both"))
     args = ap.parse_args()
+    precisions = ("fp32", "bf16") if args.precision == "both" else (resolve(args.precision).name,)
 
     torch.manual_seed(0)
     cfg = ModelConfig(**SHAPE)
@@ -70,11 +76,11 @@ def main() -> None:
 
     batches = [(tokens(), tokens()) for _ in range(4)]
     flops_per_token = train_flops_per_token(cfg, SEQ)
-    peaks = {name: measure_matmul_flops(dtype)
-             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; shape {SHAPE}")
-    print(f"seq {SEQ}, batch {BATCH}")
-    print(f"matmul peak here: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {name: measure_matmul_flops(dtypes[name]) for name in precisions}
+    for name in precisions:
+        print(f"{bench_tag(name)} torch {torch.__version__}, {torch.get_num_threads()} threads; "
+              f"shape {SHAPE}; seq {SEQ}, batch {BATCH}; matmul peak here {peaks[name] / 1e9:.0f} GFLOP/s")
 
     contenders = {
         "mai": (lambda: Transformer(cfg), lambda m, x: m(x)),
@@ -83,20 +89,21 @@ def main() -> None:
     if args.compile:
         contenders["mai+compile"] = (lambda: torch.compile(Transformer(cfg)), lambda m, x: m(x))
     results: dict[tuple[str, str], list[float]] = {}
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         models = {name: build() for name, (build, _) in contenders.items()}
         for _ in range(args.rounds):
             for name, (_, forward) in contenders.items():
                 sec = time_steps(models[name], forward, batches, precision, args.steps)
                 results.setdefault((name, precision), []).append(BATCH * SEQ / sec)
 
-    print(f"\n{'model':<12} {'precision':<9} {'tokens/s':>10} {'MFU':>7} {'vs HF':>7}")
-    for precision in ("fp32", "bf16"):
+    print(f"\n{'model':<12} {'precision':<9} {'tokens/s':>10} {'MFU':>7} {'vs HF':>7}  machine")
+    for precision in precisions:
         hf = statistics.median(results[("hf", precision)])
         for name in contenders:
             tps = statistics.median(results[(name, precision)])
             mfu = tps * flops_per_token / peaks[precision]
-            print(f"{name:<12} {precision:<9} {tps:>10,.0f} {100 * mfu:>6.1f}% {tps / hf:>6.2f}x")
+            print(f"{name:<12} {precision:<9} {tps:>10,.0f} {100 * mfu:>6.1f}% {tps / hf:>6.2f}x  "
+                  f"{bench_tag(precision)}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ tokens has (SmolLM2's 4096 × 576 × 1536 projections: 98.5 against 89.3 GFLOP/s
 order: results differ in the last bits, as between any two GEMM libraries). For one row (batch-1
 decode) it is no faster, so such calls keep ``F.linear``; so do training (the oneDNN op has no backward),
 other dtypes and devices, and compiled graphs. Measured by ``benchmarks/eval_speed.py``.
+
+Other CPUs may rank the two libraries the other way, so the swap happens only where a short timing on
+this machine (cached, mai.precision) shows oneDNN ahead, and the choice is reported once.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch import nn
 
 from mai.model.swap import swap_children
 from mai.model.transformer import eager_inference
+from mai.precision import best_seconds, cached, report_once
 
 MIN_ROWS = 2
 
@@ -24,6 +28,22 @@ MIN_ROWS = 2
 def onednn_available() -> bool:
     """Whether this torch build has the oneDNN CPU linear op."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def measure_onednn_factor(rows: int = 256, width: int = 512) -> float:
+    """oneDNN's float32 linear speed ÷ ``F.linear``'s for a [rows, width] × [width, width] product."""
+    x, w, b = torch.randn(rows, width), torch.randn(width, width), torch.randn(width)
+    plain = best_seconds(lambda: F.linear(x, w, b))
+    onednn = best_seconds(lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [None], ""))
+    return plain / onednn
+
+
+def onednn_wins() -> bool:
+    """Whether oneDNN's linear beats ``F.linear`` on this CPU (measured once per machine)."""
+    factor = cached("onednn_linear_factor", measure_onednn_factor)
+    verdict = "oneDNN" if factor > 1.0 else "torch's default (oneDNN is not faster here)"
+    report_once(f"kernels: float32 linears through {verdict}: oneDNN {factor:.2f}× F.linear on this CPU")
+    return factor > 1.0
 
 
 class OneDnnLinear(nn.Module):
@@ -46,9 +66,14 @@ class OneDnnLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN on CPU"
 
 
-def use_onednn_linears(model: nn.Module) -> nn.Module:
+def swap_to_onednn(model: nn.Module) -> nn.Module:
     """Replace, in place, every plain ``nn.Linear`` of ``model`` by a :class:`OneDnnLinear` sharing its
-    tensors; a no-op where the op is missing. Quantized layers are other classes and stay as they are."""
-    if onednn_available():
-        swap_children(model, lambda _, child: OneDnnLinear(child) if type(child) is nn.Linear else None)
+    tensors. Quantized layers are other classes and stay as they are."""
+    swap_children(model, lambda _, child: OneDnnLinear(child) if type(child) is nn.Linear else None)
     return model
+
+
+def use_onednn_linears(model: nn.Module) -> nn.Module:
+    """:func:`swap_to_onednn` where this torch has the op and it measures faster on this CPU; else
+    ``model`` unchanged."""
+    return swap_to_onednn(model) if onednn_available() and onednn_wins() else model

@@ -5,6 +5,7 @@ and a loss-curve PNG at the end. Only rank 0 writes.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,8 @@ class RunLogger:
     def progress(self, step: int, loss: float, tokens_per_s: float, mfu: float) -> None:
         if self.bar is not None:
             self.bar.n = step
-            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{100 * mfu:.1f}%")
+            shown = f"{100 * mfu:.1f}%" if math.isfinite(mfu) else "?"  # NaN: the peak is not trusted
+            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", mfu=shown)
 
     def message(self, text: str) -> None:
         if not self.enabled:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 
-from mai.infer.onednn_linear import OneDnnLinear, onednn_available, use_onednn_linears
+from mai.infer.onednn_linear import OneDnnLinear, onednn_available, swap_to_onednn
 from mai.infer.quant import Int8Linear, quantize_int8
 from mai.model.config import ModelConfig
 from mai.model.transformer import Transformer
@@ -58,7 +58,7 @@ def test_swapped_model_keeps_weights_ties_names_and_outputs():
     with torch.no_grad():
         before = model(tokens)
     keys = list(model.state_dict())
-    use_onednn_linears(model)
+    swap_to_onednn(model)
     assert isinstance(model.output, OneDnnLinear) and isinstance(model.layers["0"].attention.wq, OneDnnLinear)
     assert model.output.weight is model.tok_embeddings.weight
     assert list(model.state_dict()) == keys
@@ -69,6 +69,24 @@ def test_swapped_model_keeps_weights_ties_names_and_outputs():
 def test_quantized_layers_stay_quantized():
     cfg = ModelConfig(vocab_size=64, d_model=64, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=128,
                       max_seq_len=64)
-    model = use_onednn_linears(quantize_int8(Transformer(cfg).eval()))
+    model = swap_to_onednn(quantize_int8(Transformer(cfg).eval()))
     assert isinstance(model.layers["0"].feed_forward.w1, Int8Linear)
     assert isinstance(model.output, OneDnnLinear)  # the head stays float under int8
+
+
+@pytest.mark.parametrize("wins", [True, False])
+def test_models_switch_to_onednn_only_where_it_measures_faster(monkeypatch, wins):
+    import mai.infer.onednn_linear as mod
+
+    monkeypatch.setattr(mod, "onednn_wins", lambda: wins)
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=64,
+                      max_seq_len=32)
+    model = mod.use_onednn_linears(Transformer(cfg).eval())
+    assert isinstance(model.output, OneDnnLinear) is wins
+
+
+def test_onednn_measurement_compares_the_two_kernels():
+    from mai.infer.onednn_linear import measure_onednn_factor
+
+    factor = measure_onednn_factor(rows=64, width=128)
+    assert 0.05 < factor < 20  # a ratio of two real timings of the same product
