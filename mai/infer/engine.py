@@ -5,11 +5,19 @@ keys/values copied into a row of the shared :class:`RowKVCache`) and retires fin
 so requests join and leave the running batch at any step. Each request keeps its own sampling
 parameters, seeded generator, stop tokens and stop strings. Results arrive through a per-request
 callback (called on the engine thread) as :class:`Event`s; the server turns them into HTTP streams.
+
+Faults stay as small as they can be: an exception while computing one request's token (penalties,
+constraint, sampling, stop strings, detokenising) or its prefill ends that request alone with
+``finish_reason="error"``; a failure of the shared decode step ends the requests of that step, the cache
+is rebuilt and a one-token probe tells whether the model can still step (:attr:`Engine.state`). Requests
+still waiting are untouched. Should the engine thread end for any reason, every outstanding request is
+finished, so no caller waits forever.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -25,6 +33,11 @@ from mai.infer.sampling import SamplingParams, apply_penalties, sample_row
 from mai.infer.textstream import TextStream
 from mai.model.transformer import KVCache, Transformer
 
+log = logging.getLogger("mai.engine")
+
+
+class EngineStopped(MaiError):
+    """The engine no longer takes requests (shut down, or its thread died)."""
 
 def token_texts(decode: Callable[[list[int]], str], vocab_size: int) -> list[str]:
     """The text of every token id alone (for logprobs and JSON mode)."""
@@ -45,6 +58,7 @@ class Event:
     text: str
     logprobs: list[TokenLogprob]
     finish_reason: str | None = None
+    error: str | None = None  # with finish_reason "error": what went wrong (for the log and the client)
 
 
 @dataclass(eq=False)
@@ -57,6 +71,7 @@ class Request:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None  # stop | length | cancelled | error
+    error: str | None = None
     arrived: float = field(default_factory=time.perf_counter)
     scheduled: float | None = None  # left the queue
     first_token: float | None = None
@@ -97,6 +112,9 @@ class Engine:
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._stop = False
+        self._admitting: Request | None = None  # popped from the queue, not yet in a row
+        self._closed = False  # set once outstanding requests were abandoned: submit() refuses from then on
+        self.error: str | None = None  # why the model cannot step (set by a failed probe), else None
 
     # --- the public API (thread-safe) ------------------------------------------------------------
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams,
@@ -108,6 +126,8 @@ class Engine:
                            "tokens including the answer")
         req = Request(list(prompt_ids), params, on_event, next(self._ids))
         with self.lock:
+            if self._closed or self._stop:
+                raise EngineStopped("the engine has stopped")
             self.waiting.append(req)
             self.lock.notify()
         return req
@@ -117,6 +137,21 @@ class Engine:
         req.cancelled = True
         with self.lock:
             self.lock.notify()
+
+    def cancel_all(self) -> None:
+        """Cancel every running and waiting request (a drain whose grace period ran out)."""
+        with self.lock:
+            for req in [r.req for r in self.rows] + list(self.waiting):
+                req.cancelled = True
+            self.lock.notify()
+
+    @property
+    def state(self) -> str:
+        """``ok``; ``stopped`` once the background thread has ended (shut down or died); ``failing`` when
+        the last step failed and the model could not run a one-token probe since."""
+        if self._closed or (self._thread is not None and (self._stop or not self._thread.is_alive())):
+            return "stopped"
+        return "failing" if self.error else "ok"
 
     @property
     def n_running(self) -> int:
@@ -140,31 +175,74 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="mai-engine", daemon=True)
         self._thread.start()
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the thread; requests still outstanding end as ``cancelled``."""
         with self.lock:
             self._stop = True
             self.lock.notify()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout)
 
     # --- scheduling ------------------------------------------------------------------------------
     def _loop(self) -> None:
-        while True:
-            with self.lock:
-                while not self._stop and not self.waiting and not self.rows:
+        reason, error = "cancelled", None
+        try:
+            while self._wait_for_work():
+                try:
+                    self.step()
+                except Exception as exc:  # a bug in the bookkeeping: fail this step's requests only
+                    log.exception("mai engine: step failed")
+                    self._recover(f"{type(exc).__name__}: {exc}")
+        except BaseException as exc:  # the thread itself dies (logged, not re-raised): nobody may wait for it
+            reason, error = "error", f"the engine stopped: {type(exc).__name__}: {exc}"
+            log.exception("mai engine: thread died")
+        finally:
+            self._abandon(reason, error)
+
+    def _wait_for_work(self) -> bool:
+        """Block until there is something to do (False: stop). A failing engine re-probes the model
+        every second while idle, so that its state recovers without a request having to fail first."""
+        with self.lock:
+            while not self._stop and not self.waiting and not self.rows:
+                if self.error is None:
                     self.lock.wait()
-                if self._stop:
-                    return
-            try:
-                self.step()
-            except Exception as exc:  # a bug must not leave clients waiting forever
-                for run in list(self.rows):
-                    self._finish(run, "error")
-                with self.lock:
-                    failed, self.waiting = list(self.waiting), deque()
-                for req in failed:
-                    self._finish_waiting(req, "error")
-                print(f"mai engine: step failed: {exc!r}")
+                elif not self.lock.wait(1.0):
+                    self._probe()
+            return not self._stop
+
+    def _abandon(self, reason: str, error: str | None) -> None:
+        """Finish every request the engine still holds (it is stopping or its thread died)."""
+        for run in list(self.rows):
+            self._end(run.req, reason, run.pending, error)
+        self.rows = []
+        with self.lock:
+            self._closed = True
+            left, self.waiting = list(self.waiting), deque()
+        if self._admitting is not None and not self._admitting.done.is_set():
+            left.append(self._admitting)
+        for req in left:
+            self._end(req, reason, [], error)
+
+    def _recover(self, error: str) -> None:
+        """After a failed shared step: end the step's requests, rebuild the cache, probe the model."""
+        for run in self.rows:
+            self._end(run.req, "error", run.pending, error)
+        self.rows = []
+        self.cache = RowKVCache(self.model.cfg, self.max_len, self.device, self.dtype)
+        self._probe()
+
+    @torch.inference_mode()
+    def _probe(self) -> None:
+        """One token through the model: sets :attr:`error` to why it cannot step, or clears it."""
+        try:
+            self.model(torch.zeros(1, 1, dtype=torch.long, device=self.device),
+                       KVCache(self.model.cfg, 1, 1, self.device, self.dtype), last_only=True)
+            self.error = None
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self.error:  # once per change, not at every idle re-probe
+                log.error("mai engine: the model cannot step: %s", error)
+            self.error = error
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -177,26 +255,51 @@ class Engine:
                     break
                 req = self.waiting.popleft()
             if req.cancelled:
-                self._finish_waiting(req, "cancelled")
+                self._end(req, "cancelled", [])
                 continue
+            self._admitting = req
             self._admit(req)
+            self._admitting = None
         if not self.rows:
             return
         tokens = torch.tensor([[r.history[-1]] for r in self.rows], device=self.device)
-        logits = self.model(tokens, self.cache, positions=self.cache.positions(1))[:, -1].float()
+        try:
+            logits = self.model(tokens, self.cache, positions=self.cache.positions(1))[:, -1].float()
+        except Exception as exc:
+            log.exception("mai engine: the decode step failed")
+            self._recover(f"{type(exc).__name__}: {exc}")
+            return
+        self.error = None
         for run, row_logits in zip(list(self.rows), logits, strict=True):
-            self._emit(run, row_logits)
+            self._emit_guarded(run, row_logits)
 
     def _admit(self, req: Request) -> None:
+        """Prefill ``req`` into a new row; a failure here ends ``req`` alone."""
         req.scheduled = time.perf_counter()
-        budget = min(req.params.max_tokens, self.max_len - len(req.prompt_ids))
-        run = _Running(req, self.decode, budget, self.token_texts)
-        prefill = KVCache(self.model.cfg, 1, len(req.prompt_ids), self.device, self.dtype)
-        logits = self.model(torch.tensor([req.prompt_ids], device=self.device), prefill,
-                            last_only=True)[0, -1].float()
-        self.cache.add_row(prefill)
+        try:
+            budget = min(req.params.max_tokens, self.max_len - len(req.prompt_ids))
+            run = _Running(req, self.decode, budget, self.token_texts)
+            prefill = KVCache(self.model.cfg, 1, len(req.prompt_ids), self.device, self.dtype)
+            logits = self.model(torch.tensor([req.prompt_ids], device=self.device), prefill,
+                                last_only=True)[0, -1].float()
+            self.cache.add_row(prefill)
+        except Exception as exc:
+            log.exception("mai engine: request %d failed in prefill", req.id)
+            self._end(req, "error", [], f"{type(exc).__name__}: {exc}")
+            self._probe()  # the request's own fault, or can the model not step at all?
+            return
         self.rows.append(run)
-        self._emit(run, logits)
+        self._emit_guarded(run, logits)
+
+    def _emit_guarded(self, run: _Running, logits: torch.Tensor) -> None:
+        """:meth:`_emit`, with any failure ending this request only (with an error event)."""
+        try:
+            self._emit(run, logits)
+        except Exception as exc:
+            log.exception("mai engine: request %d failed", run.req.id)
+            if not run.req.done.is_set():
+                self._retire(run)
+                self._end(run.req, "error", run.pending, f"{type(exc).__name__}: {exc}")
 
     def _emit(self, run: _Running, logits: torch.Tensor) -> None:
         """Sample the next token of ``run`` from its logits and report the text it adds."""
@@ -247,17 +350,25 @@ class Engine:
             run.stream.text += closing
         req.text = run.stream.text
         delta += run.stream.flush()
+        self._retire(run)
+        self._end(req, reason, run.pending, None, delta)
+
+    def _retire(self, run: _Running) -> None:
+        """Free ``run``'s cache row (the last row moves into it)."""
         row = self.rows.index(run)
         moved = self.cache.remove_row(row)
         if moved is not None:
             self.rows[row] = self.rows[moved]
         self.rows.pop()
-        req.finish_reason, req.finished = reason, time.perf_counter()
-        self._send(run, Event(delta, run.pending, reason))
-        req.done.set()
 
-    def _finish_waiting(self, req: Request, reason: str) -> None:
-        req.finish_reason, req.finished = reason, time.perf_counter()
-        if req.on_event is not None:
-            req.on_event(req, Event("", [], reason))
+    def _end(self, req: Request, reason: str, pending: list[TokenLogprob], error: str | None = None,
+             delta: str = "") -> None:
+        """Mark ``req`` finished and send its last event. A failing callback is logged, not raised: the
+        request is over either way and the engine must go on."""
+        req.finish_reason, req.error, req.finished = reason, error, time.perf_counter()
+        try:
+            if req.on_event is not None:
+                req.on_event(req, Event(delta, pending, reason, error))
+        except Exception:
+            log.exception("mai engine: the final event of request %d could not be delivered", req.id)
         req.done.set()

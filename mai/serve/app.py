@@ -2,19 +2,23 @@
 
 Routes: POST /v1/chat/completions, /v1/completions, /v1/moderations; GET /v1/models, /health, /metrics,
 and the playground page at GET / (``playground.html``).
-Every /v1 route checks the API key and the key's rate limits; bodies, prompts and max_tokens are bounded;
-prompts and completions pass the content filter; streams follow OpenAI's SSE chunk format and stop the
-engine's work when the client goes away. Models load in a background thread (/health is 503 until then).
+Every /v1 route checks the API key and the key's rate limits (:mod:`mai.serve.guard`); bodies, prompts
+and max_tokens are bounded; prompts and completions pass the content filter; a generation
+(:mod:`mai.serve.serving`) stops the engine's work when its client goes away, streamed or not. Models
+load in a background thread. /health is 503 whenever a model cannot be served: loading, a load error, an
+engine that cannot step or has stopped, and while draining. SIGTERM (or SIGINT) drains: new requests get
+503, running ones may finish for ``limits.drain_seconds``, then are cancelled; uvicorn then exits.
+The OpenAPI document (/openapi.json) states the statuses, content types and bodies as served.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
+import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,26 +26,38 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mai.errors import MaiError
-from mai.infer.engine import Engine, Event, token_texts
-from mai.infer.engine import Request as EngineRequest
-from mai.infer.quant import apply_quant
+from mai.infer.engine import Engine, token_texts
 from mai.infer.sampling import SamplingParams
+from mai.precision import SERVE_ROWS
 from mai.serve import errors
 from mai.serve.catalog import Catalog, KeyEntry, ModelEntry
-from mai.serve.errors import ApiError
+from mai.serve.errors import ApiError, ErrorResponse
+from mai.serve.guard import Guard
 from mai.serve.judge import Judge, openai_complete
 from mai.serve.limits import KeyRing
 from mai.serve.metrics import Metrics
-from mai.serve.protocol import ChatRequest, CompletionRequest, ModerationRequest, usage
+from mai.serve.protocol import (
+    ChatCompletion,
+    ChatRequest,
+    Completion,
+    CompletionRequest,
+    Health,
+    ModelContext,
+    ModelList,
+    Moderation,
+    ModerationRequest,
+)
 from mai.serve.safety import SafetyFilter, SafetyResult
+from mai.serve.serving import Generation
 from mai.tokenizer import MaiTokenizer
 
 PLAYGROUND = Path(__file__).parent / "playground.html"
+log = logging.getLogger("mai.serve")
 
 
 @dataclass
@@ -64,16 +80,18 @@ class Server:
         self.judges: dict[str, Judge] = {}  # model name → its safety judge, where configured
         self.load_error: str | None = None
         self.ready = threading.Event()
+        self.limits = catalog.limits
+        self.draining = False
+        self._drain_task: asyncio.Task | None = None  # held: the loop keeps only a weak reference
 
     def load(self) -> None:
-        from mai.interop import load_model
+        from mai.infer.load import load_for_inference
 
         try:
             for entry in self.catalog.models:
-                loaded = load_model(entry.path, max_seq_len=entry.max_len)
-                apply_quant(loaded.model, entry.quant)
-                if loaded.tokenizer is None:
-                    raise MaiError(f"model {entry.name} ({entry.path}) has no tokenizer to serve with")
+                loaded, _ = load_for_inference(entry.path, entry.quant, entry.precision,
+                                               rows=min(entry.max_batch, SERVE_ROWS),
+                                               max_seq_len=entry.max_len)
                 tok = loaded.tokenizer
                 engine = Engine(loaded.model, tok.decode, tok.stop_ids, max_batch=entry.max_batch,
                                 token_texts=token_texts(tok.decode, loaded.cfg.vocab_size))
@@ -85,6 +103,9 @@ class Server:
                     self.judges[entry.name] = self._judge(entry.safety.judge_model)
         except MaiError as exc:
             self.load_error = str(exc)
+        except Exception as exc:  # a broken file, an unsupported model: /health must say so, not "loading"
+            log.exception("loading the catalog failed")
+            self.load_error = f"loading failed: {type(exc).__name__}: {exc}"
         self.ready.set()
 
     def _judge(self, spec: str) -> Judge:
@@ -116,13 +137,76 @@ class Server:
         for served in self.models.values():
             served.engine.shutdown()
 
+    # --- what the guard asks ---------------------------------------------------------------------
+    def authenticate(self, header: str | None) -> KeyEntry | None:
+        return self.keys.authenticate(header)
+
+    def admit(self, key: KeyEntry | None) -> None:
+        self.keys.admit(key)
+
+    # --- health and draining ---------------------------------------------------------------------
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(status, body) of /health: 200 only while every model can be served."""
+        if not self.ready.is_set():
+            return 503, {"status": "loading"}
+        if self.load_error:
+            return 503, {"status": "error", "error": self.load_error}
+        if self.draining:
+            return 503, {"status": "draining", "models": list(self.models)}
+        for name, served in self.models.items():
+            state = served.engine.state
+            if state != "ok":
+                why = served.engine.error or "the engine thread has ended"
+                return 503, {"status": state, "models": list(self.models), "error": f"{name}: {why}"}
+        return 200, {"status": "ok", "models": list(self.models)}
+
+    def begin_drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Stop admitting; running requests may finish for ``drain_seconds``, the rest are cancelled."""
+        if not self.draining:
+            self.draining = True
+            log.warning("mai serve: draining (up to %g s)", self.limits.drain_seconds)
+            loop.call_soon_threadsafe(self._start_drain, loop)
+
+    def _start_drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._drain_task = loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.limits.drain_seconds
+        while time.monotonic() < deadline and any(s.engine.n_running or s.engine.n_waiting
+                                                  for s in self.models.values()):
+            await asyncio.sleep(0.05)
+        for served in self.models.values():
+            served.engine.cancel_all()
+
+    def install_drain_on_signals(self) -> None:
+        """Make SIGTERM and SIGINT drain before uvicorn's own handler (kept, and called) shuts down.
+        Only the main thread can set handlers; a server run in another thread (tests) keeps uvicorn's."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+
+            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+                self.begin_drain(loop)
+                if callable(previous):
+                    previous(signum, frame)
+
+            signal.signal(sig, handler)
+
     def model(self, name: str) -> Served:
+        """The served model called ``name``: 404 when unknown, 503 while it cannot take requests."""
+        if self.draining:
+            raise ApiError(503, "the server is shutting down", "server_shutting_down")
         if not self.ready.is_set():
             raise ApiError(503, "models are still loading; retry shortly", "model_loading")
         served = self.models.get(name)
         if served is None:
             raise ApiError(404, f"the model '{name}' does not exist; GET /v1/models lists the served models",
                            "model_not_found", "model")
+        if served.engine.state != "ok":
+            raise ApiError(503, f"the model '{name}' cannot generate now: "
+                           f"{served.engine.error or 'its engine has stopped'}", "engine_unavailable")
         return served
 
     def safety_level(self, served: Served, key: KeyEntry | None, where: str) -> str:
@@ -131,66 +215,64 @@ class Server:
         return getattr(served.entry.safety, where)
 
 
-def _sampling(body: ChatRequest | CompletionRequest, served: Served, prompt_len: int, server: Server,
-              seed_offset: int, max_tokens: int | None, logprobs: bool, top_logprobs: int,
-              json_object: bool) -> SamplingParams:
-    limits = server.catalog.limits
-    context = served.engine.max_len
-    if prompt_len > limits.max_prompt_tokens:
-        raise ApiError(400, f"the prompt has {prompt_len} tokens; the limit is {limits.max_prompt_tokens}",
-                       "context_length_exceeded", "messages")
-    room = context - prompt_len
-    if room < 1:
-        raise ApiError(400, f"this model's maximum context length is {context} tokens; the prompt has "
-                       f"{prompt_len}", "context_length_exceeded", "messages")
-    if max_tokens is not None and max_tokens > limits.max_tokens:
-        raise ApiError(400, f"max_tokens {max_tokens} exceeds this server's limit {limits.max_tokens}",
-                       "invalid_value", "max_tokens")
-    if max_tokens is not None and max_tokens > room:
-        raise ApiError(400, f"this model's maximum context length is {context} tokens; the prompt has "
-                       f"{prompt_len} and max_tokens asks for {max_tokens}", "context_length_exceeded",
-                       "max_tokens")
-    return SamplingParams(
-        max_tokens=max_tokens or min(room, limits.max_tokens),
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=max(0, body.top_k or 0),
-        presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-        seed=None if body.seed is None else body.seed + seed_offset,
-        stop=body.stop_list(), logprobs=logprobs, top_logprobs=top_logprobs, json_object=json_object)
+_WHY = {400: "bad parameters, a body that is not UTF-8 JSON, a prompt too long or filtered",
+        401: "a missing or wrong API key", 404: "no such model", 408: "the body did not arrive in time",
+        413: "the body is too large", 429: "over the key's requests or tokens per minute (Retry-After)",
+        500: "the generation failed on the server",
+        503: "loading, overloaded, shutting down, or the model's engine cannot step"}
+# each server-sent event: a JSON chunk, an in-stream error {"error": {...}}, or [DONE] at the end
+_SSE = {"text/event-stream": {"schema": {
+    "type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}}}
 
 
-class _Choice:
-    """Bridges one engine request's events (engine thread) into an asyncio queue."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
-        self.req: EngineRequest | None = None
-        self.last = 0.0
-        self.gaps: list[float] = []
-
-    def on_event(self, req: EngineRequest, event: Event) -> None:
-        now = time.perf_counter()
-        if self.last:
-            self.gaps.append(now - self.last)
-        self.last = now
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": ErrorResponse, "description": _WHY[s]} for s in statuses}
 
 
-def _chat_logprobs(items) -> dict[str, Any]:
-    return {"content": [{"token": lp.token, "logprob": lp.logprob, "bytes": list(lp.token.encode()),
-                         "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())}
-                                          for t, v in lp.top]} for lp in items]}
+def _generation_docs(model: type) -> dict[int | str, dict[str, Any]]:
+    ok = {"model": model, "content": _SSE, "description": "the answer, or with stream: true an SSE stream"}
+    return {200: ok, **_errors(400, 401, 404, 408, 413, 429, 500, 503)}
 
 
-def _completion_logprobs(items, offset: int) -> dict[str, Any]:
-    offsets = []
-    for lp in items:
-        offsets.append(offset)
-        offset += len(lp.token)
-    return {"tokens": [lp.token for lp in items], "token_logprobs": [lp.logprob for lp in items],
-            "top_logprobs": [dict(lp.top) for lp in items], "text_offset": offsets}
+def _served_limits(schemas: dict[str, Any], catalog: Catalog) -> None:
+    """This server's own bounds in the request schemas: the served model names (as examples) and the
+    max_tokens limit, so that a client (or a fuzzer) reading the document can send what is served."""
+    names = [m.name for m in catalog.models]
+    for name in ("ChatRequest", "CompletionRequest"):
+        props = schemas.get(name, {}).get("properties", {})
+        if "model" in props:
+            props["model"]["examples"] = names
+        for field in ("max_tokens", "max_completion_tokens"):
+            for option in props.get(field, {}).get("anyOf", []):
+                if option.get("type") == "integer":
+                    option["maximum"] = catalog.limits.max_tokens
+
+
+def _openapi(app: FastAPI, catalog: Catalog) -> None:
+    """The document as served: no 422 (validation errors are 400s), a bearer scheme when keys exist,
+    the served models and limits."""
+    from fastapi.openapi.utils import get_openapi
+
+    secured = bool(catalog.api_keys)
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            for path, item in schema["paths"].items():
+                for op in item.values():
+                    op["responses"].pop("422", None)
+                    if secured and path.startswith("/v1/"):
+                        op["security"] = [{"bearer": []}]
+            components = schema.setdefault("components", {})
+            _served_limits(components.get("schemas", {}), catalog)
+            for unused in ("HTTPValidationError", "ValidationError"):
+                components.get("schemas", {}).pop(unused, None)
+            if secured:
+                components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = build  # type: ignore[method-assign]
 
 
 def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
@@ -198,6 +280,7 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        server.install_drain_on_signals()
         if load_in_background:
             threading.Thread(target=server.load, name="mai-load", daemon=True).start()
         else:
@@ -205,62 +288,38 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
         yield
         server.shutdown()
 
-    app = FastAPI(title="mai", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(title="mai", docs_url=None, redoc_url=None, lifespan=lifespan, strict_content_type=False)
     app.state.server = server
     app.add_exception_handler(ApiError, errors.api_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_handler)
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
     app.add_exception_handler(Exception, errors.unexpected_handler)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        """Body size limit and API keys for /v1 (before the body is parsed)."""
-        limit = catalog.limits.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return errors.error_response(413, f"the request body exceeds {limit} bytes", "body_too_large")
-        if request.url.path.startswith("/v1/"):
-            try:
-                request.state.key = server.keys.authenticate(request.headers.get("authorization"))
-                if request.method == "POST":
-                    server.keys.admit(request.state.key)
-            except ApiError as exc:
-                return errors.error_response(exc.status, exc.message, exc.code, exc.param, exc.headers)
-            if request.method == "POST":
-                body = await request.body()
-                if len(body) > limit:
-                    return errors.error_response(413, f"the request body exceeds {limit} bytes",
-                                                 "body_too_large")
-                try:
-                    body.decode("utf-8")
-                except UnicodeDecodeError:
-                    return errors.error_response(400, "the request body is not valid UTF-8",
-                                                 "invalid_encoding")
-        return await call_next(request)
+    app.add_middleware(Guard, gate=server)
+    _openapi(app, catalog)
 
     @app.get("/", include_in_schema=False)
     async def playground() -> HTMLResponse:
         return HTMLResponse(PLAYGROUND.read_text(encoding="utf-8"))
 
-    @app.get("/health")
+    @app.get("/health", response_model=None, responses={200: {"model": Health}, 503: {"model": Health}})
     async def health() -> JSONResponse:
-        if not server.ready.is_set():
-            return JSONResponse({"status": "loading"}, status_code=503)
-        if server.load_error:
-            return JSONResponse({"status": "error", "error": server.load_error}, status_code=503)
-        return JSONResponse({"status": "ok", "models": list(server.models)})
+        status, body = server.health()
+        return JSONResponse(body, status_code=status)
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(server.metrics.registry), media_type="text/plain; version=0.0.4")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text exposition format"}})
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(server.metrics.registry),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=None, responses={200: {"model": ModelList}, **_errors(401)})
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [
             {"id": name, "object": "model", "created": s.created, "owned_by": "mai",
              "max_model_len": s.engine.max_len} for name, s in server.models.items()]}
 
-    @app.post("/v1/moderations")
+    @app.post("/v1/moderations", response_model=None,
+              responses={200: {"model": Moderation}, **_errors(400, 401, 408, 413, 429, 503)})
     async def moderations(body: ModerationRequest) -> dict[str, Any]:
         results = []
         for text in body.inputs():
@@ -278,157 +337,16 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
                            "content_filter", "messages")
         return result
 
-    async def run(request: Request, body, served: Served, prompt_ids: list[int], chat: bool,
-                  prompt_result: SafetyResult, params_for: Any, prefix: str = ""):
-        key = request.state.key
-        engine = served.engine
-        if engine.n_waiting >= catalog.limits.max_waiting:
-            raise ApiError(503, "the server is overloaded; retry shortly", "server_overloaded")
-        loop = asyncio.get_running_loop()
-        choices = [_Choice(loop) for _ in range(body.n)]
-        try:
-            for i, ch in enumerate(choices):
-                ch.req = engine.submit(prompt_ids, params_for(i), ch.on_event)
-        except MaiError as exc:
-            raise ApiError(400, str(exc), "invalid_value") from None
-        created, rid = int(time.time()), ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        kind = "chat.completion" if chat else "text_completion"
-        level = server.safety_level(served, key, "completion")
-        model_name = body.model
+    async def generate(request: Request, served: Served, body: ChatRequest | CompletionRequest,
+                       ids: list[int], prompt_result: SafetyResult, prefix: str = "") -> Any:
+        ctx = ModelContext(len(ids), served.engine.max_len, served.engine.model.cfg.vocab_size)
+        params = body.to_sampling_params(server.limits, ctx)
+        gen = Generation(server, served, body, ids, params, prompt_result, request.state.key, prefix)
+        gen.submit()
+        return gen.stream() if body.stream else await gen.complete(request.receive)
 
-        def record() -> int:
-            out = sum(len(c.req.token_ids) for c in choices)
-            m = server.metrics
-            m.prompt_tokens.labels(model_name).inc(len(prompt_ids) * len(choices))
-            m.generation_tokens.labels(model_name).inc(out)
-            for c in choices:
-                r = c.req
-                m.requests.labels(model_name, r.finish_reason or "none").inc()
-                if r.scheduled:
-                    m.queue.labels(model_name).observe(r.scheduled - r.arrived)
-                if r.first_token:
-                    m.ttft.labels(model_name).observe(r.first_token - r.arrived)
-                if r.finished:
-                    m.e2e.labels(model_name).observe(r.finished - r.arrived)
-                for g in c.gaps:
-                    m.itl.labels(model_name).observe(g)
-            server.keys.charge(key, len(prompt_ids) * len(choices) + out)
-            return out
-
-        def cancel_all() -> None:
-            for c in choices:
-                if c.req is not None and not c.req.done.is_set():
-                    engine.cancel(c.req)
-
-        if not body.stream:
-            texts: list[str] = [""] * len(choices)
-            lps: list[list] = [[] for _ in choices]
-            reasons: list[str | None] = [None] * len(choices)
-            filters: list[SafetyResult | None] = [None] * len(choices)
-            try:
-                for i, c in enumerate(choices):
-                    while reasons[i] is None:
-                        try:
-                            ev = await asyncio.wait_for(c.queue.get(), timeout=1.0)
-                        except asyncio.TimeoutError:
-                            if await request.is_disconnected():
-                                cancel_all()
-                                return Response(status_code=499)
-                            continue
-                        texts[i] += ev.text
-                        lps[i] += ev.logprobs
-                        reasons[i] = ev.finish_reason
-                    res = await server.check(served, texts[i], level, "Agent")
-                    filters[i] = res
-                    if res.flagged:
-                        texts[i], reasons[i] = "", "content_filter"
-            finally:
-                cancel_all()
-            out = record()
-            data_choices = []
-            for i in range(len(choices)):
-                item: dict[str, Any] = {"index": i, "finish_reason": reasons[i],
-                                        "content_filter_results": filters[i].annotations()}
-                if chat:
-                    item["message"] = {"role": "assistant", "content": texts[i], "refusal": None}
-                    item["logprobs"] = _chat_logprobs(lps[i]) if body.logprobs else None
-                else:
-                    item["text"] = prefix + texts[i]
-                    wanted = body.logprobs is not None
-                    item["logprobs"] = _completion_logprobs(lps[i], len(prefix)) if wanted else None
-                data_choices.append(item)
-            return {"id": rid, "object": kind, "created": created, "model": model_name,
-                    "system_fingerprint": None, "choices": data_choices,
-                    "usage": usage(len(prompt_ids) * len(choices), out),
-                    "prompt_filter_results": [{"prompt_index": 0,
-                                               "content_filter_results": prompt_result.annotations()}]}
-
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunk_kind = "chat.completion.chunk" if chat else "text_completion"
-
-        def chunk(choice: dict[str, Any] | None, **extra: Any) -> str:
-            data = {"id": rid, "object": chunk_kind, "created": created, "model": model_name,
-                    "system_fingerprint": None, "choices": [choice] if choice else [], **extra}
-            return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-        def piece(i: int, text: str | None, logprobs, reason: str | None,
-                  role: bool = False) -> dict[str, Any]:
-            if chat:
-                delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else \
-                    ({"content": text} if text is not None else {})
-                lp = _chat_logprobs(logprobs) if body.logprobs and logprobs else None
-                return {"index": i, "delta": delta, "logprobs": lp, "finish_reason": reason}
-            lp = _completion_logprobs(logprobs, 0) if body.logprobs is not None and logprobs else None
-            return {"index": i, "text": text or "", "logprobs": lp, "finish_reason": reason}
-
-        async def stream() -> AsyncIterator[str]:
-            try:
-                for i in range(len(choices)):
-                    if chat:
-                        yield chunk(piece(i, None, None, None, role=True))
-                    elif prefix:
-                        yield chunk(piece(i, prefix, None, None))
-                pending = {asyncio.ensure_future(c.queue.get()): i for i, c in enumerate(choices)}
-                shown = [""] * len(choices)
-                while pending:
-                    done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for fut in done:
-                        i = pending.pop(fut)
-                        ev: Event = fut.result()
-                        reason = ev.finish_reason
-                        text = ev.text
-                        if text and server.safety.flags(shown[i] + text, level):  # mid-stream check
-                            cancel_all_one(i)
-                            text, reason = "", "content_filter"
-                        shown[i] += text
-                        if text or ev.logprobs:
-                            yield chunk(piece(i, text, ev.logprobs, None))
-                        if reason is not None:
-                            yield chunk(piece(i, None, None, reason))
-                            if reason == "content_filter":
-                                await drain(i)
-                        else:
-                            pending[asyncio.ensure_future(choices[i].queue.get())] = i
-                out = record()
-                if include_usage:
-                    yield chunk(None, usage=usage(len(prompt_ids) * len(choices), out))
-                yield "data: [DONE]\n\n"
-            finally:
-                cancel_all()  # a client that went away stops the engine's work
-
-        def cancel_all_one(i: int) -> None:
-            if not choices[i].req.done.is_set():
-                engine.cancel(choices[i].req)
-
-        async def drain(i: int) -> None:
-            while not choices[i].req.done.is_set():
-                await choices[i].queue.get()
-
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request, body: ChatRequest):
+    @app.post("/v1/chat/completions", response_model=None, responses=_generation_docs(ChatCompletion))
+    async def chat_completions(request: Request, body: ChatRequest) -> Any:
         served = server.model(body.model)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
@@ -438,34 +356,16 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
             text = served.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         except MaiError as exc:
             raise ApiError(400, str(exc), "invalid_value", "messages") from None
-        ids = served.tokenizer.encode(text)
-        if body.top_logprobs and not body.logprobs:
-            raise ApiError(400, "top_logprobs needs logprobs: true", "invalid_value", "top_logprobs")
-        max_tokens = body.max_completion_tokens or body.max_tokens
-        json_object = body.response_format is not None and body.response_format.type == "json_object"
+        return await generate(request, served, body, served.tokenizer.encode(text), prompt_result)
 
-        def params(i: int) -> SamplingParams:
-            return _sampling(body, served, len(ids), server, i, max_tokens, body.logprobs,
-                             body.top_logprobs or 0, json_object)
-
-        params(0)  # validate before anything starts
-        return await run(request, body, served, ids, True, prompt_result, params)
-
-    @app.post("/v1/completions")
-    async def completions(request: Request, body: CompletionRequest):
+    @app.post("/v1/completions", response_model=None, responses=_generation_docs(Completion))
+    async def completions(request: Request, body: CompletionRequest) -> Any:
         served = server.model(body.model)
         text = body.prompt_text()
         prompt_result = await screen_prompt(served, request.state.key, text)
         ids = served.tokenizer.encode(text, add_bos=served.tokenizer.bos_id is not None)
         if not ids:
             raise ApiError(400, "the prompt is empty", "invalid_value", "prompt")
-
-        def params(i: int) -> SamplingParams:
-            return _sampling(body, served, len(ids), server, i, body.max_tokens or 16,
-                             body.logprobs is not None, body.logprobs or 0, False)
-
-        params(0)
-        return await run(request, body, served, ids, False, prompt_result, params,
-                         prefix=text if body.echo else "")
+        return await generate(request, served, body, ids, prompt_result, prefix=text if body.echo else "")
 
     return app

@@ -14,7 +14,8 @@ on requests. A YAML or JSON file::
         requests_per_minute: 60
         tokens_per_minute: 20000
         safety: {prompt: low}      # a key may be stricter (or laxer) than the model
-    limits: {max_body_bytes: 1048576, max_prompt_tokens: 4096, max_tokens: 2048, max_waiting: 256}
+    limits: {max_body_bytes: 1048576, max_prompt_tokens: 4096, max_tokens: 2048, max_waiting: 256,
+             body_timeout_seconds: 30, drain_seconds: 30}
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class ModelEntry:
     max_batch: int = 32
     max_len: int = 2048
     quant: str = "none"  # "int8": weight-only int8 linear layers (mai.infer.quant), a quarter of the bytes
+    precision: str = "auto"  # auto: bf16 only where it wins on a decode batch of 8 rows (mai.precision)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
@@ -64,6 +66,8 @@ class Limits:
     max_prompt_tokens: int = 8192
     max_tokens: int = 4096
     max_waiting: int = 256  # queued requests per model beyond which new ones get 503
+    body_timeout_seconds: float = 30.0  # a body not complete by then → 408, connection closed
+    drain_seconds: float = 30.0  # on SIGTERM: running requests may finish this long, then are cancelled
 
 
 @dataclass
@@ -75,6 +79,8 @@ class Catalog:
     def __post_init__(self) -> None:
         if not self.models:
             raise MaiError("the catalog lists no models")
+        if self.limits.body_timeout_seconds <= 0 or self.limits.drain_seconds < 0:
+            raise MaiError("limits.body_timeout_seconds must be > 0 and limits.drain_seconds ≥ 0")
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise MaiError(f"the catalog names a model twice: {names}")

@@ -12,29 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
+from mai.counts import Score
 from mai.errors import MaiError
 from mai.serve.judge import Judge
 from mai.serve.safety import CATEGORIES, SafetyFilter
 
 DEFAULT_DATA = Path(__file__).parent / "data" / "safety_eval.jsonl"
-
-
-@dataclass
-class Score:
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
-
-    @property
-    def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
-
-    @property
-    def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
 
 
 def load_set(path: str | Path = DEFAULT_DATA) -> list[tuple[str, set[str]]]:

@@ -171,3 +171,117 @@ def test_smollm_json_mode_always_parses(smollm):
         req = engine.generate(prompt, SamplingParams(max_tokens=max_tokens, temperature=0.7, seed=1,
                                                      json_object=True))
         assert isinstance(json.loads(req.text), dict), req.text
+
+
+def _run_to_end(engine, reqs):
+    while not all(r.done.is_set() for r in reqs):
+        engine.step()
+
+
+def test_a_request_that_fails_ends_alone_with_an_error_event():
+    """A token step that raises (here: a logit_bias naming a token the vocabulary lacks) ends that request
+    with an error event; the requests decoding beside it finish exactly as they would alone."""
+    model = tiny_model()
+    engine = Engine(model, decode, max_batch=8)
+    greedy = SamplingParams(max_tokens=10, temperature=0)
+    others = [engine.submit([i + 1, 2], greedy) for i in range(2)]
+    engine.step()
+    events = []
+    bad = engine.submit([3], SamplingParams(max_tokens=10, logit_bias={10_000: 1.0}),
+                        lambda r, e: events.append(e))
+    _run_to_end(engine, others + [bad])
+    assert bad.finish_reason == "error" and "IndexError" in bad.error
+    assert events[-1].finish_reason == "error" and events[-1].error == bad.error
+    for i, r in enumerate(others):
+        assert r.token_ids == Engine(model, decode).generate([i + 1, 2], greedy).token_ids
+    assert engine.generate([5], greedy).finish_reason == "length" and engine.state == "ok"
+
+
+class BreakableModel(torch.nn.Module):
+    """A real tiny model whose forward raises while ``broken`` is set: a device or kernel fault."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.cfg, self.broken = inner, inner.cfg, False
+
+    def forward(self, *args, **kwargs):
+        if self.broken:
+            raise RuntimeError("device fault")
+        return self.inner(*args, **kwargs)
+
+
+def test_a_failed_step_fails_its_requests_and_the_engine_recovers():
+    model = BreakableModel(tiny_model())
+    engine = Engine(model, decode, max_batch=2)
+    greedy = SamplingParams(max_tokens=12, temperature=0)
+    running = [engine.submit([1], greedy), engine.submit([2], greedy)]
+    waiting = engine.submit([3], greedy)
+    engine.step()
+    model.broken = True
+    engine.step()
+    assert [r.finish_reason for r in running] == ["error", "error"] and "device fault" in running[0].error
+    assert engine.state == "failing" and not waiting.done.is_set() and engine.n_running == 0
+    model.broken = False
+    _run_to_end(engine, [waiting])
+    assert engine.state == "ok" and waiting.finish_reason == "length"
+    assert waiting.token_ids == Engine(model.inner, decode).generate([3], greedy).token_ids
+
+
+def test_a_dead_engine_thread_finishes_every_request_and_refuses_new_ones():
+    class Fatal(BreakableModel):
+        def forward(self, *args, **kwargs):
+            if self.broken:
+                raise SystemExit("the thread is killed")  # not an Exception: escapes every handler
+            return self.inner(*args, **kwargs)
+
+    model = Fatal(tiny_model())
+    model.broken = True
+    engine = Engine(model, decode, max_batch=1)
+    engine.start()
+    reqs = [engine.submit([i + 1], SamplingParams(max_tokens=5)) for i in range(3)]
+    for r in reqs:
+        assert r.done.wait(30)
+    assert {r.finish_reason for r in reqs} == {"error"} and engine.state == "stopped"
+    with pytest.raises(MaiError, match="stopped"):
+        engine.submit([1], SamplingParams())
+
+
+def _sampling_params():
+    from hypothesis import strategies as st
+
+    tiny = st.sampled_from([0.0, 5e-324, 1e-300, 1e-50, 1e-12, 1e-6])
+    unit = st.one_of(tiny, st.floats(0.0, 1.0))
+    penalty = st.one_of(st.sampled_from([-2.0, 2.0]), st.floats(-2.0, 2.0))
+    bias = st.dictionaries(st.integers(0, 63), st.one_of(st.sampled_from([-100.0, 100.0]),
+                                                          st.floats(-100.0, 100.0)), max_size=6)
+    return st.builds(SamplingParams, max_tokens=st.integers(1, 8),
+                     temperature=st.one_of(tiny, st.floats(0.0, 2.0)), top_p=unit,
+                     top_k=st.integers(0, 100_000), presence_penalty=penalty, frequency_penalty=penalty,
+                     seed=st.integers(-(2**63), 2**64 - 1), logit_bias=bias, stop=st.lists(
+                         st.text("abcdef ", min_size=1, max_size=3), max_size=4))
+
+
+def test_any_allowed_sampling_parameters_decode_safely_in_a_running_batch():
+    """Property test (seeded, 60 examples): random parameter values, extremes included, join a batch
+    that two greedy requests are decoding; each ends with stop or length and the greedy ones are
+    unchanged."""
+    from hypothesis import HealthCheck, given, settings
+
+    model = tiny_model()
+    engine = Engine(model, decode, stop_ids=[63], max_batch=8)
+    greedy = SamplingParams(max_tokens=6, temperature=0)
+    expected = Engine(model, decode, stop_ids=[63]).generate([7, 8], greedy).token_ids
+
+    @settings(max_examples=60, derandomize=True, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(params=_sampling_params())
+    def check(params):
+        background = [engine.submit([7, 8], greedy) for _ in range(2)]
+        engine.step()
+        req = engine.submit([1, 2, 3], params)
+        _run_to_end(engine, background + [req])
+        assert req.finish_reason in ("stop", "length"), req.error
+        assert [r.token_ids for r in background] == [expected, expected]
+
+    check()
+    assert engine.state == "ok"

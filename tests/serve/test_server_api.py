@@ -135,7 +135,7 @@ def _running(server_url):
 
 def test_client_disconnect_stops_generation(server_url):
     body = {"model": "smol", "messages": Q, "max_tokens": 250, "stream": True, "temperature": 1.0}
-    with httpx.stream("POST", f"{server_url}/v1/chat/completions", json=body,
+    with httpx.stream("POST", f"{server_url}/v1/chat/completions", json=body, timeout=60,  # a busy CPU
                       headers={"Authorization": "Bearer sk-test"}) as r:
         lines = r.iter_lines()
         for _ in range(4):
