@@ -137,3 +137,16 @@ def test_moe_demo_trains():
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 1.0
+
+
+def test_load_counter_is_a_buffer_that_follows_the_module():
+    """On CUDA the per-step load is added to tensors on the GPU: it must live where the module lives."""
+    layer = make_moe()
+    assert "load" in dict(layer.named_buffers()) and "load" not in layer.state_dict()  # not saved
+    layer(torch.randn(2, 5, 32))
+    assert int(layer.load.sum()) == 2 * 5 * layer.top_k
+    layer.to("meta")
+    assert layer.load.device.type == "meta" and layer.expert_bias.device.type == "meta"
+    layer.to_empty(device="cpu")
+    layer.reset_buffers()
+    assert not layer.load.any() and not layer.expert_bias.any()

@@ -69,8 +69,16 @@ class MoE(nn.Module):
         # Aux-loss-free balancing bias: training state (saved so a resumed run routes the same way), not
         # a weight — no gradient, counted in no parameter total.
         self.register_buffer("expert_bias", torch.zeros(cfg.n_experts), persistent=True)
-        self.load = torch.zeros(cfg.n_experts, dtype=torch.long)
+        # Tokens per expert of the last forward: a buffer, so it lives on the module's device (moved by
+        # ``.to``, materialised by ``to_empty``) like the tensors it is summed with; not saved.
+        self.register_buffer("load", torch.zeros(cfg.n_experts, dtype=torch.long), persistent=False)
         self.aux_loss = torch.zeros(())
+
+    def reset_buffers(self) -> None:
+        """Zero the balancing bias and the load counter (after ``to_empty`` left them uninitialised)."""
+        with torch.no_grad():
+            self.expert_bias.zero_()
+            self.load.zero_()
 
     def global_load(self, counts: torch.Tensor) -> torch.Tensor:
         """Tokens per expert over every process that shares this batch; one process: ``counts`` itself.

@@ -214,21 +214,31 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Normal(0, σ) weights; residual output projections scaled by 1/√(2·n_layers) (GPT-2) so the
-        residual stream's variance stays flat with depth; rotary tables rebuilt (they are not saved)."""
+    def init_rule(self, name: str, p: torch.Tensor) -> float | str:
+        """How parameter ``name`` starts: "zeros", "ones", or the σ of a Normal(0, σ). Residual output
+        projections are scaled by 1/√(2·n_layers) (GPT-2) so the residual stream's variance stays flat
+        with depth. One rule for this init and for the sharded one of the trainer (mai.parallel.init)."""
         std = self.cfg.init_std
+        if name.endswith(".bias"):
+            return "zeros"
+        if p.dim() == 1:
+            return "ones"
+        if name.endswith(("wo.weight", "w2.weight", "experts.w2")):  # projections into the residual
+            return std / math.sqrt(2 * self.cfg.n_layers)
+        return std
+
+    def reset_parameters(self) -> None:
+        """Every parameter by :meth:`init_rule`; rotary tables rebuilt (they are not saved)."""
         for name, p in self.named_parameters():
             if p.device.type == "meta":
                 continue
-            if name.endswith(".bias"):
+            rule = self.init_rule(name, p)
+            if rule == "zeros":
                 nn.init.zeros_(p)
-            elif p.dim() == 1:
+            elif rule == "ones":
                 nn.init.ones_(p)
-            elif name.endswith(("wo.weight", "w2.weight", "experts.w2")):  # projections into the residual
-                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layers))
             else:
-                nn.init.normal_(p, 0.0, std)
+                nn.init.normal_(p, 0.0, rule)
         self.init_rope()
 
     def init_rope(self, device=None) -> None:

@@ -4,6 +4,7 @@ activation checkpointing. The trainer calls :func:`build_mesh` then :func:`paral
 from mai.parallel.config import ParallelConfig
 from mai.parallel.grad import clip_grad_norm_
 from mai.parallel.mesh import build_mesh, data_parallel_coords
-from mai.parallel.parallelize import parallelize
+from mai.parallel.parallelize import loss_context, parallelize
 
-__all__ = ["ParallelConfig", "clip_grad_norm_", "build_mesh", "data_parallel_coords", "parallelize"]
+__all__ = ["ParallelConfig", "clip_grad_norm_", "build_mesh", "data_parallel_coords", "loss_context",
+           "parallelize"]

@@ -6,13 +6,13 @@ rank instead of a hang inside a collective.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from mai.errors import MaiError
 from mai.model.config import ModelConfig
 
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("auto", "float32", "bfloat16")
 
 
 @dataclass
@@ -22,9 +22,19 @@ class ParallelConfig:
     tp: int = 1  # tensor parallel with sequence parallel (keep it inside one node)
     ep: int = 1  # expert parallel; its ranks are taken from dp_shard (ep divides dp_shard)
     activation_checkpointing: Literal["none", "full", "selective"] = "none"
-    param_dtype: Literal["float32", "bfloat16"] = "float32"  # FSDP2 compute dtype of the gathered weights
-    reduce_dtype: Literal["float32", "bfloat16"] = "float32"  # gradient reduce-scatter dtype
+    # FSDP2 compute dtype of the gathered weights; auto = bfloat16 on GPU (half the all-gather bytes and
+    # memory of fp32), float32 on CPU (whose bf16 matmul may be a slow path). Master weights stay fp32.
+    param_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    reduce_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # gradient reduce-scatter; auto = float32
     compile: bool = False  # torch.compile each transformer block
+    timeout_minutes: float = 10.0  # a collective waiting longer than this fails the job instead of hanging
+
+    def dtypes(self, device_type: str) -> tuple[str, str]:
+        """(param_dtype, reduce_dtype) with ``auto`` resolved for ``device_type``: bf16 compute with fp32
+        gradient reduction on CUDA, fp32 on CPU."""
+        auto_param = "bfloat16" if device_type == "cuda" else "float32"
+        return (auto_param if self.param_dtype == "auto" else self.param_dtype,
+                "float32" if self.reduce_dtype == "auto" else self.reduce_dtype)
 
     def resolve(self, world_size: int) -> ParallelConfig:
         """A copy with ``dp_shard`` filled in; raises :class:`MaiError` when the sizes don't multiply out."""
@@ -33,6 +43,8 @@ class ParallelConfig:
                 raise MaiError(f"parallel.{name} must be at least 1, got {getattr(self, name)}")
         if self.param_dtype not in DTYPES or self.reduce_dtype not in DTYPES:
             raise MaiError(f"parallel.param_dtype and parallel.reduce_dtype must be one of {DTYPES}")
+        if not self.timeout_minutes > 0:
+            raise MaiError(f"parallel.timeout_minutes must be positive, got {self.timeout_minutes}")
         fixed = self.dp_replicate * self.tp
         dp_shard = self.dp_shard
         if dp_shard == -1:
@@ -47,8 +59,7 @@ class ParallelConfig:
         if dp_shard % self.ep:
             raise MaiError(f"parallel.ep {self.ep} must divide dp_shard {dp_shard} (experts are spread over "
                            "data-parallel ranks)")
-        return ParallelConfig(self.dp_replicate, dp_shard, self.tp, self.ep, self.activation_checkpointing,
-                              self.param_dtype, self.reduce_dtype, self.compile)
+        return replace(self, dp_shard=dp_shard)
 
     def check_model(self, model: ModelConfig) -> None:
         """Shapes the layout must divide: heads and KV heads by tp, experts by ep."""

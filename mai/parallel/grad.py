@@ -1,5 +1,10 @@
 """Gradient-norm clipping that works when parameters live on different meshes (FSDP, TP, EP experts),
-where ``torch.nn.utils.clip_grad_norm_`` would try to stack DTensors of different meshes."""
+where ``torch.nn.utils.clip_grad_norm_`` would try to stack DTensors of different meshes.
+
+It never synchronises with the host: the norm stays a device tensor (the trainer reads it only when it
+logs) and the scale ``min(1, max_norm / norm)`` is applied by one ``_foreach_mul_`` per device, so a GPU
+step is queued without waiting for the backward pass to finish.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +15,36 @@ import torch
 from torch.distributed.tensor import DTensor
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 @torch.no_grad()
-def clip_grad_norm_(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
-    """Scale all gradients so their global L2 norm is at most ``max_norm``; returns the norm before."""
-    grads = [p.grad for p in parameters if p.grad is not None]
+def grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Global L2 norm of ``grads`` (fp32, on their device); DTensors of each mesh reduced over it."""
     groups: dict[object, list[torch.Tensor]] = defaultdict(list)
     for g in grads:
         key = (g.device_mesh, g.placements) if isinstance(g, DTensor) else g.device
         groups[key].append(g)
-    total = torch.zeros((), dtype=torch.float32)
+    squares = []
     for group in groups.values():
-        norm = torch.nn.utils.get_total_norm(group)
-        if isinstance(norm, DTensor):
-            norm = norm.full_tensor()
-        total = total + norm.float().cpu().square()
-    total = total.sqrt()
-    coef = min(1.0, max_norm / (float(total) + 1e-6))
-    if coef < 1.0:
-        for g in grads:
-            g.mul_(coef)
+        norm = torch.nn.utils.get_total_norm(group, foreach=True)
+        squares.append(_local(norm.full_tensor() if isinstance(norm, DTensor) else norm).float().square())
+    if not squares:
+        return torch.zeros(())
+    return torch.stack([s.to(squares[0].device) for s in squares]).sum().sqrt()
+
+
+@torch.no_grad()
+def clip_grad_norm_(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Scale all gradients so their global L2 norm is at most ``max_norm``; returns the norm before
+    (a device tensor: non-finite when a gradient is)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total = grad_norm(grads)
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    by_device: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
+    for g in grads:  # scaling each local shard scales the whole tensor, whatever its placement
+        by_device[_local(g).device].append(_local(g))
+    for device, local in by_device.items():
+        torch._foreach_mul_(local, coef.to(device))
     return total

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
@@ -40,11 +43,11 @@ def build_mesh(cfg: ParallelConfig, world_size: int, device_type: str = "cpu",
     if model is not None:
         cfg.check_model(model)
     if not dist.is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
+        kwargs = init_kwargs(device_type, cfg.timeout_minutes)
         if world_size == 1 and "MASTER_ADDR" not in os.environ:  # one process, not started by torchrun
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+            dist.init_process_group(store=dist.HashStore(), rank=0, world_size=1, **kwargs)
         else:
-            dist.init_process_group(backend)
+            dist.init_process_group(**kwargs)
     sizes = (cfg.dp_replicate, cfg.dp_shard // cfg.ep, cfg.ep, cfg.tp)
     world = init_device_mesh(device_type, sizes, mesh_dim_names=DIMS)
     dp_shard = world["dp_shard_mod_ep", "ep"]._flatten("dp_shard")
@@ -53,6 +56,16 @@ def build_mesh(cfg: ParallelConfig, world_size: int, device_type: str = "cpu",
     return Meshes(world=world, dp=dp, fsdp=world["dp_replicate", "dp_shard"] if hsdp else dp_shard,
                   experts_fsdp=world["dp_replicate", "dp_shard_mod_ep"] if hsdp else world["dp_shard_mod_ep"],
                   ep=world["ep"], tp=world["tp"])
+
+
+def init_kwargs(device_type: str, timeout_minutes: float) -> dict[str, Any]:
+    """Arguments of ``init_process_group``: gloo on CPU; on GPU nccl bound to this process's device
+    (``device_id`` makes NCCL create its communicator eagerly and lets it skip device guessing), with a
+    timeout after which a stuck collective fails the job rather than hanging it."""
+    kwargs: dict[str, Any] = {"backend": "gloo", "timeout": timedelta(minutes=timeout_minutes)}
+    if device_type == "cuda":
+        kwargs.update(backend="nccl", device_id=torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
+    return kwargs
 
 
 def data_parallel_coords(mesh: Meshes) -> tuple[int, int]:

@@ -3,10 +3,15 @@
 
 Parameter names never change (no wrapper modules: behaviour is added by swapping a module's class), so a
 checkpoint saved under one layout loads under any other and into a single process.
+
+With ``loss_parallel`` the logits stay sharded over the vocabulary on the tp ranks (a DTensor) and the
+cross-entropy is computed under :func:`loss_context`, so no rank ever holds the full [tokens, vocab]
+fp32 logits (15 GB at seq 8192 × vocab 128k).
 """
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 import torch
@@ -19,6 +24,7 @@ from torch.distributed.tensor.parallel import (
     PrepareModuleInput,
     RowwiseParallel,
     SequenceParallel,
+    loss_parallel,
     parallelize_module,
 )
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
@@ -37,8 +43,12 @@ from mai.parallel.moe import (
 )
 
 
-def parallelize(model: Transformer, cfg: ParallelConfig, mesh: Meshes) -> Transformer:
-    """Parallelize ``model`` in place over ``mesh`` (from :func:`mai.parallel.build_mesh`) and return it."""
+def parallelize(model: Transformer, cfg: ParallelConfig, mesh: Meshes,
+                vocab_parallel_loss: bool = False) -> Transformer:
+    """Parallelize ``model`` in place over ``mesh`` (from :func:`mai.parallel.build_mesh`) and return it.
+    ``vocab_parallel_loss``: under TP the model returns vocab-sharded logits, for a cross-entropy taken
+    inside :func:`loss_context` (callers that need plain logits leave it off and get them gathered).
+    ``model`` may live on the meta device: nothing here allocates or reads its values."""
     cfg = cfg.resolve(mesh.size())
     cfg.check_model(model.cfg)
     for block in model.layers.values():
@@ -48,7 +58,7 @@ def parallelize(model: Transformer, cfg: ParallelConfig, mesh: Meshes) -> Transf
             if cfg.ep > 1:  # before TP, which replicates what is not sharded yet
                 shard_experts(ffn.experts, mesh.ep)
     if cfg.tp > 1:
-        apply_tensor_parallel(model, mesh.tp)
+        apply_tensor_parallel(model, mesh.tp, vocab_parallel_loss)
     if cfg.activation_checkpointing != "none":
         for block in model.layers.values():
             mode = cfg.activation_checkpointing
@@ -64,13 +74,16 @@ def parallelize(model: Transformer, cfg: ParallelConfig, mesh: Meshes) -> Transf
     return model
 
 
-def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh) -> None:
+def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh, vocab_parallel_loss: bool = False) -> None:
     """Megatron-style TP with sequence parallel: norms and the residual stream are sharded over the
-    sequence, attention heads and FFN columns over ``tp``; logits are gathered for the loss."""
+    sequence, attention heads and FFN columns over ``tp``; logits stay sharded over the vocabulary for a
+    loss-parallel cross-entropy, or are gathered."""
+    output = (ColwiseParallel(input_layouts=Shard(1), output_layouts=Shard(-1), use_local_output=False)
+              if vocab_parallel_loss else ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate()))
     parallelize_module(model, tp_mesh, {
         "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
         "norm": SequenceParallel(),
-        "output": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate()),
+        "output": output,
     })
     for block in model.layers.values():
         plan = {
@@ -136,8 +149,7 @@ def apply_fsdp(model: Transformer, cfg: ParallelConfig, mesh: Meshes) -> None:
     their gradient divided by the whole dp size (each rank's experts saw tokens from every ep peer)."""
     if cfg.dp_shard * cfg.dp_replicate == 1:
         return
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-    mp = MixedPrecisionPolicy(param_dtype=dtypes[cfg.param_dtype], reduce_dtype=dtypes[cfg.reduce_dtype])
+    mp = mixed_precision(cfg, mesh.world.device_type)
     for block in model.layers.values():
         ffn = block.feed_forward
         if isinstance(ffn, MoE) and cfg.ep > 1:
@@ -145,3 +157,16 @@ def apply_fsdp(model: Transformer, cfg: ParallelConfig, mesh: Meshes) -> None:
             ffn.experts.set_gradient_divide_factor(float(cfg.dp_replicate * cfg.dp_shard))
         fully_shard(block, mesh=mesh.fsdp, mp_policy=mp)
     fully_shard(model, mesh=mesh.fsdp, mp_policy=mp)
+
+
+def mixed_precision(cfg: ParallelConfig, device_type: str) -> MixedPrecisionPolicy:
+    """FSDP2's policy: gathered weights in ``param_dtype``, gradients reduced in ``reduce_dtype`` (by
+    default bf16 / fp32 on CUDA, fp32 / fp32 on CPU; see :meth:`ParallelConfig.dtypes`)."""
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    param, reduce = cfg.dtypes(device_type)
+    return MixedPrecisionPolicy(param_dtype=dtypes[param], reduce_dtype=dtypes[reduce])
+
+
+def loss_context(vocab_parallel: bool) -> contextlib.AbstractContextManager:
+    """Where the loss's forward and backward must run when the logits are vocab-sharded DTensors."""
+    return loss_parallel() if vocab_parallel else contextlib.nullcontext()

@@ -4,10 +4,17 @@ Model and optimizer state go through ``torch.distributed.checkpoint`` (DCP): eac
 shards, and a checkpoint saved on N processes loads on M. The run's counters and each rank's sampler and
 RNG state sit beside them. Everything is written into ``step_XXXXXXXX.partial`` and renamed to
 ``step_XXXXXXXX`` only when complete, so the newest complete checkpoint is always intact.
+
+Asynchronous saves run their collectives on a process group of their own (gloo, created once by the
+checkpointer): sharing the default group with FSDP's collectives from a background thread interleaves the two
+streams of collectives differently on different ranks (the crash at the first checkpoint on 2 ranks),
+and NCCL cannot carry the CPU-side coordination anyway. On CUDA the shards are staged into pinned host
+memory, reused from one checkpoint to the next.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pickle
@@ -22,6 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from mai.errors import MaiError
@@ -80,9 +88,16 @@ class Checkpointer:
     pruning) by the next ``save`` or by ``wait``, so a crash meanwhile leaves only a ``.partial`` folder.
     """
 
-    def __init__(self, root: Path, keep: int, async_save: bool = False):
+    def __init__(self, root: Path, keep: int, async_save: bool = False, pinned: bool = False):
+        """Collective when distributed with ``async_save`` (it creates the checkpoint's own gloo group);
+        ``pinned``: stage into pinned memory (CUDA)."""
         self.root, self.keep, self.async_save = root, keep, async_save
+        # Its own group: no other collective may ever run on it while a background save is in flight.
+        self.group = dist.new_group(backend="gloo") if async_save and dist.is_initialized() else None
         self._pending: tuple[Any, Path, Path, dict[str, Any]] | None = None
+        self._stager = (DefaultStager(StagingOptions(use_pinned_memory=pinned, use_shared_memory=False,
+                                                     use_async_staging=False, use_non_blocking_copy=False))
+                        if async_save else None)
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              run_state: dict[str, Any], rank_state: dict[str, Any]) -> Path:
@@ -103,7 +118,9 @@ class Checkpointer:
         with warnings.catch_warnings():  # one process without a process group is a supported DCP mode
             warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
             if self.async_save:
-                self._pending = (dcp.async_save(state, checkpoint_id=str(partial)), partial, final, run_state)
+                future = dcp.async_save(state, checkpoint_id=str(partial), process_group=self.group,
+                                        async_stager=self._stager)
+                self._pending = (future, partial, final, run_state)
                 return final
             dcp.save(state, checkpoint_id=str(partial))
         self._finish(partial, final, run_state)
@@ -116,6 +133,13 @@ class Checkpointer:
             self._pending = None
             future.result()
             self._finish(partial, final, run_state)
+
+    def close(self) -> None:
+        """Finish any pending save and free the staging buffers."""
+        self.wait()
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
 
     def _finish(self, partial: Path, final: Path, run_state: dict[str, Any]) -> None:
         _barrier()
@@ -168,3 +192,37 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
             raise MaiError(f"checkpoint {path} is damaged: rank {rank} state unreadable ({exc})") from None
         set_rng_state(rank_state.pop("rng"))
     return run_state, rank_state
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held by rank 0 for the life of the process (the kernel drops
+    it when the process ends, even by SIGKILL), so two jobs never write one run."""
+
+    NAME = ".lock"
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / self.NAME
+        self._file = None
+
+    def acquire(self) -> str | None:
+        """Take the lock; None on success, else who holds it (for the error message)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")  # noqa: SIM115 (held open: the open descriptor is the lock)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            return holder
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        f.flush()
+        self._file = f
+        return None
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor drops the lock
+            self._file = None

@@ -48,10 +48,16 @@ class OptimConfig:
 class LoopConfig:
     out_dir: str = "runs/demo"
     max_steps: int = 1000
-    max_minutes: float = 0.0  # 0 = no time limit; otherwise stop (save, evaluate) when it is reached
+    max_minutes: float = 0.0  # 0 = no time limit; else stop (evaluate, save) this long after the start
     batch_size: int = 16  # sequences per optimizer micro-step, per process
     grad_accum: int = 1
-    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 = autocast; weights and optimizer stay fp32
+    # Sequences per optimizer step over all ranks; 0 = batch_size × grad_accum × data-parallel ranks. When
+    # set, grad_accum is derived (global_batch ÷ (batch_size × data-parallel ranks)), so the same command
+    # resumes on another world size with the same data order, tokens per step and schedule.
+    global_batch: int = 0
+    # auto = bf16 on CUDA, and on a CPU only where bf16 measures faster (mai.precision); bf16 = autocast,
+    # weights and optimizer state stay fp32
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     compile: bool = False
     seed: int = 1234
     log_every: int = 10
@@ -59,6 +65,8 @@ class LoopConfig:
     ckpt_every: int = 200
     keep_checkpoints: int = 2
     async_checkpoint: bool = False  # write checkpoints in a background thread while training goes on
+    loss_spike: float = 0.0  # skip a step whose loss exceeds this × the running mean of good losses; 0 = off
+    max_bad_steps: int = 5  # this many skipped steps in a row reload the last checkpoint (NaN/inf/spike)
     resume: bool = True  # continue from the newest complete checkpoint in out_dir
     device: str = "auto"  # auto = cuda when available, else cpu
     threads: int = 0  # CPU threads for torch; 0 = torch's default
@@ -87,6 +95,18 @@ class RunConfig:
             raise MaiError(f"data.seq_len {self.data.seq_len} exceeds model.max_seq_len {cfg.max_seq_len}")
         return cfg
 
+    def grad_accum(self, dp_world: int) -> int:
+        """Micro-batches per optimizer step on each rank, from ``train.global_batch`` when it is set; a
+        global batch the ranks cannot split evenly is a :class:`MaiError` naming the numbers."""
+        t = self.train
+        if not t.global_batch:
+            return t.grad_accum
+        per_micro = t.batch_size * dp_world
+        if t.global_batch % per_micro:
+            raise MaiError(f"train.global_batch {t.global_batch} is not divisible by train.batch_size "
+                           f"{t.batch_size} × {dp_world} data-parallel ranks = {per_micro}; change one")
+        return t.global_batch // per_micro
+
     def validate(self) -> None:
         if not self.train.init_from:  # else the model's shape comes from the checkpoint
             self.model_config()
@@ -98,6 +118,12 @@ class RunConfig:
         t = self.train
         if t.max_steps < 1 or t.batch_size < 1 or t.grad_accum < 1:
             raise MaiError("train.max_steps, train.batch_size and train.grad_accum must be at least 1")
+        if t.global_batch < 0 or t.loss_spike < 0 or t.max_bad_steps < 1:
+            raise MaiError(f"train.global_batch {t.global_batch} and train.loss_spike {t.loss_spike} must "
+                           f"not be negative, train.max_bad_steps {t.max_bad_steps} must be at least 1")
+        if t.global_batch and t.grad_accum != 1:
+            raise MaiError(f"train.global_batch {t.global_batch} derives grad_accum; leave train.grad_accum "
+                           f"({t.grad_accum}) at 1")
         if self.optim.warmup_steps >= t.max_steps and self.optim.schedule != "constant":
             raise MaiError(f"optim.warmup_steps {self.optim.warmup_steps} must be below train.max_steps "
                            f"{t.max_steps}")

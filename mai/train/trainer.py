@@ -1,7 +1,8 @@
 """`mai train`: one loop from a single CPU process to a torchrun job on many GPUs.
 
 Each optimizer step draws ``grad_accum`` micro-batches from the deterministic mixture sampler, runs them
-under bf16 autocast (weights and AdamW state stay fp32), clips, steps, and logs loss, tokens/s and MFU.
+under bf16 autocast where bf16 is fast (mai.precision; weights and AdamW state stay fp32), clips, steps,
+and logs loss, tokens/s and MFU.
 Validation, checkpoints and the final export happen on a fixed cadence. A run restarted on the same
 ``out_dir`` continues from its newest complete checkpoint and reproduces the losses of a run that never
 stopped. When launched by torchrun the model is wrapped by :mod:`mai.parallel` from outside.
@@ -23,21 +24,29 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
 
 from mai.config import from_dict, to_dict
 from mai.data.sampler import MixtureSampler, ValidationBatches
 from mai.data.shards import TokenDataset, unigram_entropy
 from mai.errors import MaiError
 from mai.interop.native import save_native
+from mai.model.config import ModelConfig
 from mai.model.moe import moe_aux_loss, moe_load, update_expert_bias
 from mai.model.presets import train_flops_per_token
 from mai.model.transformer import Transformer
-from mai.parallel.grad import clip_grad_norm_
-from mai.train.checkpoint import Checkpointer, list_checkpoints, load_checkpoint, remove_partial
+from mai.parallel.grad import clip_grad_norm_, grad_norm
+from mai.parallel.parallelize import loss_context
+from mai.precision import resolve as resolve_precision
+from mai.train.batches import DeviceBatches
+from mai.train.checkpoint import Checkpointer, RunLock, list_checkpoints, load_checkpoint, remove_partial
 from mai.train.config import RunConfig
+from mai.train.guard import StepGuard, StopRequest
 from mai.train.logger import RunLogger, plot_loss
-from mai.train.peak import peak_flops
+from mai.train.peak import MfuMeter, peak_flops
 from mai.train.schedule import lr_at
+
+MAX_RELOADS = 3  # reloads of the last checkpoint after bad steps before the run gives up
 
 
 @dataclass
@@ -47,8 +56,10 @@ class TrainResult:
     val_loss: float
     unigram_entropy: float
     tokens_per_s: float
-    mfu: float
+    mfu: float  # NaN where the peak could not be trusted
     out_dir: Path
+    planned_steps: int = 0  # train.max_steps; more than ``steps`` where train.max_minutes stopped the run
+    precision: str = "fp32"
 
 
 @dataclass
@@ -60,21 +71,26 @@ class Runtime:
     world: int
     dp_rank: int
     dp_world: int
+    grad_accum: int = 1  # micro-batches per optimizer step (derived from train.global_batch when set)
+    cpu_group: dist.ProcessGroup | None = None  # gloo group of the main thread: stop agreement, lock check
 
 
 def setup_runtime(cfg: RunConfig) -> tuple[Runtime, object | None]:
-    """Join the process group when launched by torchrun; pick the device; build the mesh."""
+    """Join the process group when launched by torchrun; pick the device; build the mesh. Every layout
+    and batch check runs before the process group exists, so bad input is one error, not a hang."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     want_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if world == 1 and not cfg.parallel:
         device = torch.device("cuda" if want_cuda else "cpu")
-        return Runtime(device, 0, 1, 0, 1), None
+        return Runtime(device, 0, 1, 0, 1, cfg.grad_accum(1)), None
     # PARALLEL: mai.parallel validates the layout, joins the process group and builds the DeviceMesh.
     from mai.parallel import ParallelConfig, build_mesh, data_parallel_coords
 
     pcfg = from_dict(ParallelConfig, cfg.parallel, "parallel")
+    resolved = pcfg.resolve(world)
+    grad_accum = cfg.grad_accum(resolved.dp_replicate * resolved.dp_shard)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if want_cuda:
         torch.cuda.set_device(local)
@@ -82,7 +98,8 @@ def setup_runtime(cfg: RunConfig) -> tuple[Runtime, object | None]:
     mesh = build_mesh(pcfg, world, device.type, cfg.model_config())  # validates before joining
     rank = dist.get_rank()
     dp_rank, dp_world = data_parallel_coords(mesh)
-    return Runtime(device, rank, world, dp_rank, dp_world), (pcfg, mesh)
+    cpu_group = dist.new_group(backend="gloo")  # collective: every rank creates it here, once
+    return Runtime(device, rank, world, dp_rank, dp_world, grad_accum, cpu_group), (pcfg, mesh)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -91,7 +108,9 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optim
     other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     o = cfg.optim
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+    # Fused: one kernel per step on GPU (and CPU), and it honours ``found_inf``, with which the trainer
+    # skips a bad step on the device instead of asking the host (mai.train.guard).
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, fused=True)
 
 
 def load_sources(cfg: RunConfig, vocab_size: int) -> list[tuple[TokenDataset, float]]:
@@ -112,7 +131,9 @@ def lm_loss(model_fn: Callable[[torch.Tensor], torch.Tensor],
             batch: tuple) -> tuple[torch.Tensor, dict[str, float]]:
     """Next-token cross-entropy; targets of -100 (SFT's non-assistant tokens, padding) carry no loss."""
     x, y = batch
-    return F.cross_entropy(model_fn(x).float().flatten(0, 1), y.flatten(), ignore_index=-100), {}
+    loss = F.cross_entropy(model_fn(x).float().flatten(0, 1), y.flatten(), ignore_index=-100)
+    # Vocab-sharded logits (tensor parallel, inside mai.parallel.loss_context) give a replicated DTensor.
+    return (loss.to_local() if isinstance(loss, DTensor) else loss), {}
 
 
 @dataclass
@@ -133,26 +154,126 @@ class BatchSource:
 
 
 def evaluate(model: torch.nn.Module, batches: Sequence[tuple], rt: Runtime, autocast,
-             objective: Objective = lm_loss) -> float:
-    """Mean loss over ``batches``, each data-parallel rank taking every dp_world-th batch; the sums meet
-    in one all-reduce. A rank left without a batch in the last round runs batch 0 at weight 0, so the
-    collectives inside the forward pass (FSDP, TP) stay in step on every rank."""
+             objective: Objective = lm_loss, vocab_parallel: bool = False) -> float:
+    """Mean loss per sequence over ``batches`` (micro-batches: a rank never runs more than a training
+    micro-batch at once), data-parallel rank r taking batches r, r + dp, …; each batch's mean is weighted
+    by its rows, so the result does not depend on how the windows were grouped. The sums stay on the
+    device and meet in one all-reduce. A rank left without a batch in the last round runs batch 0 at
+    weight 0, so the collectives inside the forward pass (FSDP, TP) stay in step on every rank."""
     model.eval()
     mine = range(rt.dp_rank, len(batches), rt.dp_world)
     rounds = -(-len(batches) // rt.dp_world)
-    sums = torch.zeros(2, dtype=torch.float64, device=rt.device)  # loss sum, batches
-    with torch.no_grad():
+    sums = torch.zeros(2, dtype=torch.float64, device=rt.device)  # loss × rows, rows
+    with torch.no_grad(), loss_context(vocab_parallel):
         for r in range(rounds):
             batch = batches[mine[r] if r < len(mine) else 0]
             with autocast():
                 loss, _ = objective(model, tuple(t.to(rt.device) for t in batch))
             if r < len(mine):
-                sums[0] += loss.item()
-                sums[1] += 1
+                rows = len(batch[0])
+                sums[0] += loss.detach().double() * rows
+                sums[1] += rows
     if dist.is_initialized():
         dist.all_reduce(sums)  # tensor-parallel replicas of a batch add equally to both sums
     model.train()
     return float(sums[0] / sums[1].clamp(min=1))
+
+
+def build_model(model_cfg: ModelConfig, init: Any, source: BatchSource, parallel: tuple | None,
+                device: torch.device, seed: int, vocab_parallel: bool) -> torch.nn.Module:
+    """The model, laid out and on ``device``. From scratch it is built on the meta device, parallelized
+    there, and only then allocated and initialised shard by shard (mai.parallel.init), so no rank ever
+    holds the whole model and the weights equal a single process's under any layout. Weights from
+    ``train.init_from`` (and adapters added to them) are still loaded whole on every rank first."""
+    from mai.parallel import parallelize
+    from mai.parallel.init import materialize
+
+    if init is None and source.adapt is None:
+        with torch.device("meta"):
+            model = Transformer(model_cfg)
+        if parallel is not None:
+            model = parallelize(model, *parallel, vocab_parallel_loss=vocab_parallel)
+        materialize(model, device, seed)
+        return model
+    model = (init.model.float().train() if init is not None else Transformer(model_cfg)).to(device)
+    if source.adapt is not None:
+        source.adapt(model)
+    if parallel is not None:
+        model = parallelize(model, *parallel, vocab_parallel_loss=vocab_parallel)
+    return model
+
+
+def lock_run_dir(out_dir: Path, rt: Runtime) -> RunLock:
+    """Rank 0 locks ``out_dir``; every rank raises the same :class:`MaiError` when another job holds it."""
+    lock = RunLock(out_dir)
+    holder = [lock.acquire() if rt.rank == 0 else None]
+    if dist.is_initialized():
+        dist.broadcast_object_list(holder, src=0, group=rt.cpu_group)
+    if holder[0] is not None:
+        raise MaiError(f"{out_dir} is in use by another training job ({holder[0]}); wait for it to end or "
+                       "use another train.out_dir")
+    return lock
+
+
+@dataclass
+class StepOut:
+    """What one optimizer step leaves on the device; the host reads it only when it logs."""
+
+    loss: torch.Tensor  # mean over the global batch
+    grad_norm: torch.Tensor
+    expert_load: torch.Tensor  # MoE: tokens per expert, [moe layer, expert], summed over all ranks
+    extras: dict[str, float]
+
+
+def train_step(model: torch.nn.Module, step_fn: Callable, optimizer: torch.optim.Optimizer, batches: Any,
+               objective: Objective, autocast: Callable, rt: Runtime, cfg: RunConfig, guard: StepGuard,
+               vocab_parallel: bool) -> StepOut:
+    """``rt.grad_accum`` micro-batches forward and backward, clip, and the optimizer step — skipped on
+    the device when the guard finds the step bad. Nothing here waits for the device."""
+    accum = rt.grad_accum
+    loss_sum = torch.zeros((), device=rt.device)
+    expert_load = torch.zeros_like(moe_load(model))
+    extras: dict[str, float] = {}
+    for _ in range(accum):
+        batch = batches.next_batch()
+        with loss_context(vocab_parallel):
+            with autocast():
+                loss, extras = objective(step_fn, batch)
+            loss = loss / accum
+            (loss + moe_aux_loss(model) / accum).backward()  # MoE balance terms (0 if dense)
+        expert_load += moe_load(model)
+        loss_sum += loss.detach()
+    if dist.is_initialized():
+        dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)  # every rank judges the same loss
+    params = [p for p in model.parameters() if p.grad is not None]
+    # PARALLEL: parameters may sit on several meshes (FSDP, TP, EP experts); mai.parallel clips them all.
+    norm = (clip_grad_norm_(params, cfg.optim.grad_clip) if cfg.optim.grad_clip > 0
+            else grad_norm([p.grad for p in params]))
+    bad = guard.check(loss_sum, norm)
+    optimizer.found_inf = bad  # fused AdamW leaves weights, moments and step count alone where it is 1
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if expert_load.numel():
+        if dist.is_initialized():
+            dist.all_reduce(expert_load)  # every rank keeps the same expert bias
+        rate = model.cfg.moe_bias_update_rate
+        if rate:
+            update_expert_bias(model, expert_load * (1 - bad).long(), rate)  # a skipped step moves nothing
+    return StepOut(loss_sum, norm, expert_load, extras)
+
+
+def go_back(ckpt_root: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_cfg: ModelConfig,
+            step: int, bad_run: int, reloads: int) -> tuple[dict[str, Any], str]:
+    """Reload the newest checkpoint after ``bad_run`` bad steps in a row (the data stream is left where
+    it is, past the offending batches); a :class:`MaiError` when there is none or it keeps happening."""
+    checkpoints = list_checkpoints(ckpt_root)
+    if not checkpoints or reloads >= MAX_RELOADS:
+        why = "there is no checkpoint to go back to" if not checkpoints else f"after {reloads} reloads"
+        raise MaiError(f"{bad_run} bad steps in a row (non-finite or spiking loss) up to step {step}, and "
+                       f"{why}; lower optim.lr or check the data")
+    run_state, _ = load_checkpoint(checkpoints[-1], model, optimizer, asdict(model_cfg))
+    return run_state, (f"{bad_run} bad steps in a row up to step {step}: reloaded {checkpoints[-1].name}; "
+                       "the data continues after the skipped batches")
 
 
 def write_config(cfg: RunConfig, out_dir: Path) -> None:
@@ -162,10 +283,41 @@ def write_config(cfg: RunConfig, out_dir: Path) -> None:
     tmp.replace(out_dir / "config.yaml")
 
 
+def run_precision(requested: str, device: torch.device, is_main: bool) -> str:
+    """The run's compute precision, measured (and reported) on rank 0 and shared with every rank, so all
+    ranks compute in one dtype."""
+    name = resolve_precision(requested, device).name if is_main else ""
+    if dist.is_initialized():
+        chosen = [name]
+        dist.broadcast_object_list(chosen, src=0)
+        name = chosen[0]
+    return name
+
+
+def end_process_group() -> None:
+    with contextlib.suppress(Exception):
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def train(cfg: RunConfig, source: BatchSource | None = None) -> TrainResult:
-    """Pretrain on cfg.data's token shards, or post-train on ``source`` (SFT, DPO: mai.post)."""
+    """Pretrain on cfg.data's token shards, or post-train on ``source`` (SFT, DPO: mai.post). A SIGTERM
+    or SIGUSR1 ends the process (exit code 0) after a checkpoint every rank agrees on."""
     cfg.validate()
     rt, parallel = setup_runtime(cfg)
+    lock = lock_run_dir(Path(cfg.train.out_dir), rt)
+    stop = StopRequest(cfg.train.max_minutes, rt.cpu_group)  # catches SIGTERM / SIGUSR1 from here on
+    try:
+        return run(cfg, source, rt, parallel, stop)
+    finally:
+        stop.restore()
+        lock.release()
+
+
+def run(cfg: RunConfig, source: BatchSource | None, rt: Runtime, parallel: tuple | None,
+        stop: StopRequest) -> TrainResult:
+    """The training run itself, once the process group, the run directory's lock and the signal
+    handlers are in place."""
     init = None
     if cfg.train.init_from:  # start from existing weights (own export, HF dir, GGUF); its shape wins
         from mai.interop import load_model
@@ -181,9 +333,10 @@ def train(cfg: RunConfig, source: BatchSource | None = None) -> TrainResult:
         source = BatchSource(
             lambda seed, rank, world, batch: MixtureSampler(sources, cfg.data.seq_len, batch, seed, rank=rank,
                                                             world_size=world),
-            # global batches: the same validation windows whatever the number of data-parallel ranks
-            ValidationBatches(TokenDataset(val_path, "val"), cfg.data.seq_len,
-                              cfg.train.batch_size * rt.dp_world, cfg.data.val_batches))
+            # data.val_batches global batches of windows, in micro-batches dealt to the ranks: the same
+            # windows, and so the same loss, whatever the layout
+            ValidationBatches(TokenDataset(val_path, "val"), cfg.data.seq_len, cfg.train.batch_size,
+                              cfg.data.val_batches * rt.grad_accum * rt.dp_world))
     out_dir = Path(cfg.train.out_dir)
     ckpt_root = out_dir / "checkpoints"
     is_main = rt.rank == 0
@@ -192,111 +345,117 @@ def train(cfg: RunConfig, source: BatchSource | None = None) -> TrainResult:
         remove_partial(ckpt_root)
 
     torch.manual_seed(cfg.train.seed)
-    model = (init.model.float().train() if init is not None else Transformer(model_cfg)).to(rt.device)
-    if source.adapt is not None:
-        source.adapt(model)
-    if parallel is not None:
-        from mai.parallel import parallelize
-
-        model = parallelize(model, *parallel)
+    # TP: the logits stay vocab-sharded for the next-token loss (other objectives get them gathered)
+    vocab_parallel = parallel is not None and parallel[0].tp > 1 and source.objective is lm_loss
+    model = build_model(model_cfg, init, source, parallel, rt.device, cfg.train.seed, vocab_parallel)
     optimizer = build_optimizer(model, cfg)
     step_fn = torch.compile(model) if cfg.train.compile else model
-    sampler = source.sampler(cfg.train.seed, rt.dp_rank, rt.dp_world, cfg.train.batch_size)
+    sampler = DeviceBatches(source.sampler(cfg.train.seed, rt.dp_rank, rt.dp_world, cfg.train.batch_size),
+                            rt.device)
 
-    start_step, tokens_seen = 0, 0
+    start_step, tokens_seen, requested = 0, 0, cfg.train.precision
     checkpoints = list_checkpoints(ckpt_root) if cfg.train.resume else []
     if checkpoints:
         run_state, _ = load_checkpoint(checkpoints[-1], model, optimizer, asdict(model_cfg))
         sampler.load_state_dict(run_state["sampler"])
         start_step, tokens_seen = run_state["step"], run_state["tokens"]
+        if requested == "auto":  # a resumed run keeps the dtype it started in (exact resume)
+            requested = run_state.get("precision", requested)
 
-    precision = cfg.train.precision
+    precision = run_precision(requested, rt.device, is_main)
     peak = cfg.train.peak_tflops * 1e12 or peak_flops(rt.device, precision)
     flops_per_token = train_flops_per_token(model_cfg, cfg.data.seq_len)
-    tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len * rt.dp_world
+    tokens_per_step = cfg.train.batch_size * rt.grad_accum * cfg.data.seq_len * rt.dp_world
 
     def autocast():
         return torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     log = RunLogger(out_dir, cfg.train.max_steps, start_step, is_main, cfg.train.progress)
+    meter = MfuMeter(peak, None if cfg.train.peak_tflops else lambda: peak_flops(rt.device, precision, True),
+                     log.message)
     if start_step:
         log.message(f"resumed from {checkpoints[-1]} at step {start_step}")
 
-    checkpointer = Checkpointer(ckpt_root, cfg.train.keep_checkpoints, cfg.train.async_checkpoint)
+    checkpointer = Checkpointer(ckpt_root, cfg.train.keep_checkpoints, cfg.train.async_checkpoint,
+                                pinned=rt.device.type == "cuda")
+    if start_step and tokens_seen != start_step * tokens_per_step:
+        saved, now = tokens_seen // (start_step * cfg.data.seq_len), tokens_per_step // cfg.data.seq_len
+        raise MaiError(f"{checkpoints[-1]} was trained with {saved} sequences per step, this run has {now} "
+                       "(train.batch_size × grad_accum × data-parallel ranks); set train.global_batch="
+                       f"{saved} to continue the same data stream and schedule")
+    guard = StepGuard(rt.device, cfg.train.loss_spike)
 
     def checkpoint(step: int) -> None:
-        checkpointer.save(step, model, optimizer, {"sampler": sampler.state_dict(), "tokens": tokens_seen,
-                                                   "model_config": asdict(model_cfg)}, {})
+        run_state = {"sampler": sampler.state_dict(), "tokens": tokens_seen,
+                     "model_config": asdict(model_cfg), "precision": precision}
+        checkpointer.save(step, model, optimizer, run_state, {})
 
-    started = time.perf_counter()
     loss_value, tok_s, mfu, val_loss = math.nan, 0.0, 0.0, math.nan
-    step = start_step
+    step, reloads, stopped = start_step, 0, None
+    logged = (step, time.perf_counter())  # the last log point: throughput is measured between log points
     model.train()
     while step < cfg.train.max_steps:
-        t0 = time.perf_counter()
         lr = lr_at(step, cfg.train.max_steps, cfg.optim)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros((), device=rt.device)
-        expert_load = torch.zeros_like(moe_load(model))  # MoE: tokens per expert this step, per layer
-        for _ in range(cfg.train.grad_accum):
-            batch = tuple(t.to(rt.device, non_blocking=True) for t in sampler.next_batch())
-            with autocast():
-                loss, extras = source.objective(step_fn, batch)
-            loss = loss / cfg.train.grad_accum
-            (loss + moe_aux_loss(model) / cfg.train.grad_accum).backward()  # MoE balance terms (0 if dense)
-            expert_load += moe_load(model)
-            loss_sum += loss.detach()
-        # PARALLEL: parameters may sit on several meshes (FSDP, TP, EP experts); mai.parallel clips them all.
-        clip = clip_grad_norm_ if parallel is not None else torch.nn.utils.clip_grad_norm_
-        grad_norm = (clip(model.parameters(), cfg.optim.grad_clip)
-                     if cfg.optim.grad_clip > 0 else torch.zeros(()))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if model_cfg.is_moe:
-            if dist.is_initialized():
-                dist.all_reduce(expert_load)  # every rank keeps the same expert bias
-            if model_cfg.moe_bias_update_rate:
-                update_expert_bias(model, expert_load, model_cfg.moe_bias_update_rate)
-        if dist.is_initialized():
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        out = train_step(model, step_fn, optimizer, sampler, source.objective, autocast, rt, cfg, guard,
+                         vocab_parallel)
+        extras = out.extras
         step += 1
         tokens_seen += tokens_per_step
-        loss_value = loss_sum.item()
-        if not math.isfinite(loss_value):
-            raise MaiError(f"the loss became {loss_value} at step {step}; lower optim.lr or check the data")
-        dt = time.perf_counter() - t0
-        tok_s = tokens_per_step / dt
-        mfu = tok_s / rt.world * flops_per_token / peak
-        log.progress(step, loss_value, tok_s, mfu)
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-            log.log(step, loss=loss_value, lr=lr, grad_norm=float(gn), tokens=tokens_seen, tokens_per_s=tok_s,
-                    mfu=mfu, **extras)  # extras: the objective's own numbers (DPO reward margins)
+        stopped = stop.poll()  # "SIGTERM", "SIGUSR1", "time" or None: the same on every rank
+        last = step == cfg.train.max_steps or stopped is not None
+        logging = step % cfg.train.log_every == 0 or last
+        if logging or step % cfg.train.ckpt_every == 0:  # the only places the host waits for the device
+            flags, bad_run = guard.read()
+            skipped = [step - len(flags) + 1 + i for i, bad in enumerate(flags) if bad]
+            if skipped:
+                log.log(step, skipped_steps=skipped)
+                log.message(f"skipped step(s) {skipped}: non-finite or spiking loss, weights left alone")
+            if bad_run >= cfg.train.max_bad_steps:
+                checkpointer.wait()
+                run_state, message = go_back(ckpt_root, model, optimizer, model_cfg, step, bad_run, reloads)
+                step, tokens_seen, reloads = run_state["step"], run_state["tokens"], reloads + 1
+                guard.forget()
+                log.message(message)
+                log.log(step, reloaded=message)
+                logged = (step, time.perf_counter())
+                continue
+        if logging:
+            loss_value = out.loss.item()
+            now = time.perf_counter()
+            dt = (now - logged[1]) / max(step - logged[0], 1)
+            logged = (step, now)
+            tok_s = tokens_per_step / dt
+            mfu = meter(tok_s / rt.world * flops_per_token)
+            log.progress(step, loss_value, tok_s, mfu)
+            log.log(step, loss=loss_value, lr=lr, grad_norm=out.grad_norm.item(), tokens=tokens_seen,
+                    tokens_per_s=tok_s,
+                    mfu=mfu if math.isfinite(mfu) else None,  # None: the peak is not trusted
+                    **extras)  # extras: the objective's own numbers (DPO reward margins)
             if model_cfg.is_moe:
-                log.log(step, expert_load=expert_load.tolist())  # [moe layer][expert] tokens this step
-        elapsed = time.perf_counter() - started
-        out_of_time = bool(cfg.train.max_minutes) and elapsed > 60 * cfg.train.max_minutes
-        if dist.is_initialized() and cfg.train.max_minutes:  # every rank must stop at the same step
-            flag = torch.tensor([int(out_of_time)], device=rt.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            out_of_time = bool(flag.item())
-        last = step == cfg.train.max_steps or out_of_time
-        if step % cfg.train.eval_every == 0 or last:
-            val_loss = evaluate(model, source.val_batches, rt, autocast, source.objective)
+                log.log(step, expert_load=out.expert_load.tolist())  # [moe layer][expert] tokens this step
+        preempted = stopped not in (None, "time")  # a signal: save and go, no time for validation
+        if (step % cfg.train.eval_every == 0 or last) and not preempted:
+            val_loss = evaluate(model, source.val_batches, rt, autocast, source.objective, vocab_parallel)
             log.log(step, val_loss=val_loss)
             log.message(f"step {step}: train loss {loss_value:.4f}, validation loss {val_loss:.4f}")
         if step % cfg.train.ckpt_every == 0 or last:
             checkpoint(step)
-        if out_of_time:
-            log.message(f"stopping at step {step}: train.max_minutes={cfg.train.max_minutes} reached")
+        if stopped is not None:
+            log.message(f"stopping at step {step}: train.max_minutes={cfg.train.max_minutes} reached"
+                        if stopped == "time" else
+                        f"stopping at step {step} on {stopped}: checkpoint saved; the same command resumes")
             break
-    checkpointer.wait()
+    checkpointer.close()
     log.close()
+    if stopped not in (None, "time"):
+        end_process_group()
+        raise SystemExit(0)
 
     entropy = unigram_entropy(sources[0][0]) if pretraining else math.nan
     if math.isnan(val_loss):  # resumed at the end: nothing left to train
-        val_loss = evaluate(model, source.val_batches, rt, autocast, source.objective)
+        val_loss = evaluate(model, source.val_batches, rt, autocast, source.objective, vocab_parallel)
     tokenizer_dir = (Path(cfg.tokenizer) if cfg.tokenizer else source.tokenizer_dir
                      or Path(cfg.data.sources[0].path) / "tokenizer")
     if source.finalize is not None:
@@ -305,7 +464,6 @@ def train(cfg: RunConfig, source: BatchSource | None = None) -> TrainResult:
     if is_main:
         save_native(full, model_cfg, out_dir / "model", tokenizer_dir if tokenizer_dir.is_dir() else None)
         plot_loss(out_dir, None if math.isnan(entropy) else entropy)
-    with contextlib.suppress(Exception):
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return TrainResult(step, loss_value, val_loss, entropy, tok_s, mfu, out_dir)
+    end_process_group()
+    return TrainResult(step, loss_value, val_loss, entropy, tok_s, mfu, out_dir, cfg.train.max_steps,
+                       precision)

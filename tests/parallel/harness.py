@@ -1,18 +1,30 @@
 """Shared by the parallel tests and their torchrun worker: a tiny dense or MoE model trained for a few
-AdamW steps on one fixed global batch, with or without a parallel layout."""
+AdamW steps on one fixed global batch, with or without a parallel layout. Like the trainer, every run
+builds the model on the meta device, applies the layout, and initialises only its own shards
+(mai.parallel.init), so equal losses also show that the sharded init equals the single-process one."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
+from torch.distributed.tensor import DTensor, Shard
 
 from mai.model.config import ModelConfig
 from mai.model.moe import moe_aux_loss, moe_load, update_expert_bias
 from mai.model.transformer import Transformer
-from mai.parallel import ParallelConfig, build_mesh, clip_grad_norm_, data_parallel_coords, parallelize
+from mai.parallel import (
+    ParallelConfig,
+    build_mesh,
+    clip_grad_norm_,
+    data_parallel_coords,
+    loss_context,
+    parallelize,
+)
+from mai.parallel.init import materialize
+from mai.train.trainer import lm_loss
 
 STEPS = 3
 GLOBAL_BATCH, SEQ = 4, 32
@@ -25,28 +37,53 @@ def tiny(moe: bool) -> ModelConfig:
                        max_seq_len=SEQ, **extra)
 
 
+def big_moe() -> ModelConfig:
+    """13M parameters, nearly all in experts (200 MB of fp32 weights, gradients and Adam moments) but
+    little compute per token: top-2 of 16 experts."""
+    return ModelConfig(vocab_size=128, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=256,
+                       max_seq_len=SEQ, n_experts=16, top_k=2, expert_ffn_dim=1024, first_dense_layers=0,
+                       moe_aux_loss_coef=0.01)
+
+
 def batch() -> torch.Tensor:
     return torch.randint(0, 128, (GLOBAL_BATCH, SEQ + 1), generator=torch.Generator().manual_seed(7))
 
 
-def train_losses(moe: bool, layout: dict | None = None) -> list[list[float]]:
-    """[cross-entropy, aux loss] of each step, averaged like one process on the global batch would see."""
-    cfg = tiny(moe)
-    torch.manual_seed(0)
-    model = Transformer(cfg)
+def limit_address_space(extra_mb: int) -> None:
+    """Cap this process's virtual memory at what it uses now plus ``extra_mb`` (RLIMIT_AS), so that
+    what the model needs on top of the interpreter, torch and the process group is what is measured."""
+    import resource
+
+    status = Path("/proc/self/status").read_text().splitlines()
+    used_kb = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
+    cap = (used_kb + extra_mb * 1024) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+def train_losses(moe: bool, layout: dict | None = None, cfg: ModelConfig | None = None,
+                 limit_mb: int = 0) -> list[list[float]]:
+    """[cross-entropy, aux loss] of each step, averaged like one process on the global batch would see.
+    ``limit_mb``: the memory the run may add once the process group exists, before any weight is made."""
+    cfg = cfg or tiny(moe)
+    with torch.device("meta"):
+        model = Transformer(cfg)
     tokens = batch()
+    vocab_parallel = layout is not None and layout.get("tp", 1) > 1  # the trainer's loss-parallel CE
     if layout is not None:
         mesh = build_mesh(ParallelConfig(**layout), int(os.environ["WORLD_SIZE"]), "cpu", cfg)
-        model = parallelize(model, ParallelConfig(**layout), mesh)
+        model = parallelize(model, ParallelConfig(**layout), mesh, vocab_parallel_loss=vocab_parallel)
         rank, world = data_parallel_coords(mesh)
         tokens = tokens.chunk(world)[rank]
+    if limit_mb:
+        limit_address_space(limit_mb)
+    materialize(model, torch.device("cpu"), seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     out = []
     for _ in range(STEPS):
-        logits = model(tokens[:, :-1])
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
-        aux = moe_aux_loss(model)
-        (ce + aux).backward()
+        with loss_context(vocab_parallel):
+            ce, _ = lm_loss(model, (tokens[:, :-1], tokens[:, 1:]))
+            aux = moe_aux_loss(model)
+            (ce + aux).backward()
         clip_grad_norm_(model.parameters(), 0.5)
         opt.step()
         opt.zero_grad()
@@ -58,4 +95,9 @@ def train_losses(moe: bool, layout: dict | None = None) -> list[list[float]]:
             stats = stats / torch.tensor([dist.get_world_size(), world])
         update_expert_bias(model, load, 1e-2)
         out.append(stats.tolist())
+    if vocab_parallel:  # loss-parallel: each tp rank holds only its slice of the vocabulary's logits
+        with torch.no_grad():
+            logits = model(tokens[:, :-1])
+        assert isinstance(logits, DTensor) and logits.placements == (Shard(2),)
+        assert logits.to_local().shape[-1] == cfg.vocab_size // layout["tp"]
     return out

@@ -16,7 +16,7 @@ from mai.config import from_dict
 from mai.errors import MaiError
 from mai.parallel import ParallelConfig, build_mesh
 
-from .harness import tiny, train_losses
+from .harness import big_moe, tiny, train_losses
 
 HERE = Path(__file__).parent
 TOL = 1e-5
@@ -24,13 +24,18 @@ TOL = 1e-5
 
 def torchrun(tmp_path: Path, nproc: int, layouts: dict[str, dict]) -> dict:
     out = tmp_path / f"losses_{nproc}.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-           "--standalone", str(HERE / "worker.py"), str(out)]
-    cmd += [f"{name}={json.dumps(layout)}" for name, layout in layouts.items()]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    specs = (f"{name}={json.dumps(layout)}" for name, layout in layouts.items())
+    proc = launch(nproc, "worker.py", str(out), *specs)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text())
+
+
+def launch(nproc: int, script: str, *args: str) -> subprocess.CompletedProcess:
+    """``script`` (in this folder) under torchrun on ``nproc`` ranks, or as one plain process (nproc 0)."""
+    launcher = ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--standalone"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}  # no 64 MB arena per thread
+    cmd = [sys.executable, *(launcher if nproc else []), str(HERE / script), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +79,27 @@ def test_four_ranks_dp2_tp2_hsdp_ep_and_ep_tp_match_one_process(tmp_path, refere
         assert_same(got[name], reference[name.split("-")[0]])
 
 
+LIMIT_MB = 120  # what a rank may allocate beyond the interpreter, torch and the process group
+
+
+@pytest.mark.slow
+def test_four_ranks_train_a_model_that_one_process_cannot_hold(tmp_path):
+    """Built on meta, sharded (EP 4 + FSDP), then each rank materialises only its own shards: the run fits
+    a memory cap that one process cannot train the model under, and its losses are one process's."""
+    import torch
+
+    from mai.model.transformer import Transformer
+
+    with torch.device("meta"):
+        n = sum(p.numel() for p in Transformer(big_moe()).parameters())
+    assert 16 * n > 1.5 * LIMIT_MB * 2**20  # fp32 weights + gradients + two Adam moments
+    alone = launch(0, "limited.py", str(tmp_path / "alone.json"), str(LIMIT_MB))
+    assert alone.returncode != 0 and "can't allocate memory" in alone.stderr, alone.stderr[-2000:]
+    sharded = launch(4, "limited.py", str(tmp_path / "four.json"), str(LIMIT_MB), json.dumps({"ep": 4}))
+    assert sharded.returncode == 0, sharded.stderr[-4000:]
+    assert_same(json.loads((tmp_path / "four.json").read_text()), train_losses(True, None, big_moe()))
+
+
 @pytest.mark.parametrize("layout,world,model,message", [
     ({"tp": 2, "dp_shard": 2}, 2, False, "does not match the world size 2"),
     ({"tp": 3}, 4, False, "not divisible by dp_replicate 1 × tp 3"),
@@ -105,3 +131,19 @@ def test_mai_train_rejects_bad_layout_before_joining(tmp_path, override, message
            override]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and f"error: {message}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_global_batch_the_ranks_cannot_split_fails_before_any_process_group(monkeypatch):
+    from mai.config import resolve
+    from mai.train.config import RunConfig
+    from mai.train.trainer import setup_runtime
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    cfg = resolve(RunConfig, {}, ["parallel.tp=2", "train.batch_size=2", "train.global_batch=6"])
+    with pytest.raises(MaiError, match="global_batch 6 is not divisible by train.batch_size 2 × 2 "
+                                       "data-parallel ranks = 4"):
+        setup_runtime(cfg)
+    assert not dist.is_initialized()
+    assert resolve(RunConfig, {}, ["train.batch_size=2", "train.global_batch=8"]).grad_accum(2) == 2
+    with pytest.raises(MaiError, match="derives grad_accum"):
+        resolve(RunConfig, {}, ["train.global_batch=8", "train.grad_accum=2"]).validate()

@@ -118,3 +118,23 @@ def test_async_checkpoints_resume_exactly(dataset, reference, tmp_path):
     resumed = mai(*first)
     assert "resumed from" in resumed.stdout + resumed.stderr
     assert losses(tmp_path) == reference
+
+
+@pytest.mark.slow
+def test_sigusr1_checkpoints_and_exits_cleanly_then_resumes_exactly(dataset, reference, tmp_path):
+    """What Slurm's ``--signal=USR1@300`` does before a preemption: the run saves where it is and exits 0."""
+    args = train_args(dataset, tmp_path, f"train.max_steps={STEPS}", "train.ckpt_every=100")
+    proc = start(args)
+    deadline = time.time() + 240
+    while len(losses(tmp_path)) < 3:
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
+    saved = list_checkpoints(tmp_path / "checkpoints")
+    at = int(saved[-1].name.split("_")[1])
+    assert len(saved) == 1 and 3 <= at < STEPS and max(losses(tmp_path)) == at
+    resumed = mai(*args)
+    assert f"resumed from {saved[-1]}" in resumed.stdout + resumed.stderr
+    assert losses(tmp_path) == reference
