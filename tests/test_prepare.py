@@ -230,3 +230,25 @@ def test_cli_prepare_defaults_to_the_wikipedia_corpus(tmp_path: Path) -> None:
     tok = load_tokenizer(tmp_path / "ds" / "tokenizer")
     articles = set(default_corpus())
     assert tok.decode(train.document(0)) in articles and tok.decode(val.document(val.n_docs - 1)) in articles
+
+
+def test_cli_prepare_reads_pipeline_output_zstd_gzip_and_parquet(tmp_path: Path) -> None:
+    """`mai data run` and `mai data synth` write .jsonl.zst ({id, text, metadata} rows): prepare reads it."""
+    import zstandard
+
+    rows = "".join(json.dumps({"id": str(i), "text": t, "metadata": {"source": "web"}}) + "\n"
+                   for i, t in enumerate(WIKI[:100])).encode()
+    (tmp_path / "docs.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(rows))
+    (tmp_path / "more.jsonl.gz").write_bytes(gzip.compress(rows[: rows.index(b"\n") + 1]))
+    pq.write_table(pa.table({"text": WIKI[100:150]}), tmp_path / "rest.parquet")
+    proc = _cli("data", "prepare", "--input", "docs.jsonl.zst", "more.jsonl.gz", "rest.parquet",
+                "--vocab-size", "600", "--out", "ds", "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    tok = load_tokenizer(tmp_path / "ds" / "tokenizer")
+    assert sorted(sum(_decoded(tok, tmp_path / "ds").values(), [])) == sorted(WIKI[:150] + WIKI[:1])
+    cut = zstandard.ZstdCompressor().compress(rows)
+    (tmp_path / "cut.jsonl.zst").write_bytes(cut[: len(cut) // 2])  # zstandard alone would end quietly
+    proc = _cli("data", "prepare", "--input", "cut.jsonl.zst", "--tokenizer", "ds/tokenizer", "--out", "ds2",
+                cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: cannot read cut.jsonl.zst: the file ends in the middle of a zstd")

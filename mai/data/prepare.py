@@ -1,8 +1,9 @@
 """Documents on disk → token shards: the readers and ``mai data prepare``.
 
 Readers turn inputs into a stream of document texts: ``.txt`` (one document per file, or one per
-blank-line-separated block), ``.jsonl`` / ``.jsonl.gz`` (one JSON object per line, text in a chosen field)
-and ``.parquet`` (a chosen string column, read batch by batch); directories are walked in sorted order.
+blank-line-separated block), ``.jsonl`` / ``.jsonl.gz`` / ``.jsonl.zst`` (one JSON object per line, text in
+a chosen field) and ``.parquet`` (a chosen string column, read batch by batch); directories are walked in
+sorted order.
 
 ``prepare`` tokenizes the stream in a pool of processes (each encoding whole batches with the Rust batch
 encoder), keeps the input order so the output does not depend on the worker count, sends each document to
@@ -13,8 +14,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import gzip
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -30,11 +31,13 @@ from typing import TextIO
 import numpy as np
 from tokenizers import Tokenizer
 
+from mai.data.compressed import open_compressed
 from mai.data.shards import ShardWriter, token_dtype
 from mai.errors import MaiError
 from mai.tokenizer import MaiTokenizer
 
-_KINDS = {".txt": "text", ".txt.gz": "text", ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".parquet": "parquet"}
+_KINDS = {".txt": "text", ".txt.gz": "text", ".txt.zst": "text", ".jsonl": "jsonl", ".jsonl.gz": "jsonl",
+          ".jsonl.zst": "jsonl", ".jsonl.zstd": "jsonl", ".parquet": "parquet"}
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
 
 
@@ -44,9 +47,8 @@ def _kind(path: Path) -> str | None:
 
 
 def _open_text(path: Path) -> TextIO:
-    if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")  # noqa: SIM115 - the caller closes it
+    """Plain, gzip or zstd text (``mai data synth`` and ``mai data run`` write .jsonl.zst)."""
+    return io.TextIOWrapper(open_compressed(str(path)), encoding="utf-8")
 
 
 def _read_text(path: Path, paragraphs: bool, field: str) -> Iterator[str]:
@@ -105,10 +107,11 @@ def input_files(inputs: Sequence[str | Path]) -> list[list[Path]]:
             found = item.rglob("*")
             files = sorted(p for p in found if p.is_file() and _kind(p) and not p.name.startswith("."))
             if not files:
-                raise MaiError(f"input directory {item} holds no .txt, .jsonl(.gz) or .parquet files")
+                raise MaiError(f"input directory {item} holds no .txt, .jsonl(.gz/.zst) or .parquet files")
         elif item.is_file():
             if not _kind(item):
-                raise MaiError(f"input {item}: unknown file type (use .txt, .jsonl, .jsonl.gz or .parquet)")
+                raise MaiError(f"input {item}: unknown file type (use .txt, .jsonl, .jsonl.gz, .jsonl.zst "
+                               "or .parquet)")
             files = [item]
         else:
             raise MaiError(f"input {item} does not exist")

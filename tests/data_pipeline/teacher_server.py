@@ -4,26 +4,60 @@
 POST /control {"faults": ["429", "500", "timeout", "garbage"]} makes the next requests fail that way, one
 fault per request; GET /stats tells how many requests arrived and how often each prompt was completed.
 Run: python -m tests.data_pipeline.teacher_server --port 8011
+
+``--rater`` serves a stand-in annotator instead of the model (it starts at once): to a quality-rating
+prompt it answers "Educational score: N", N = 4 for an extract with at least three sentences and a mean
+word length of 4.6 or more, else 1 — a rule a text classifier can learn, standing in for an LLM judge.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import importlib.util
+import json
+import re
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request  # at module level: FastAPI resolves the handlers' annotations here
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def build_app() -> FastAPI:
+def rate(body: dict[str, Any]) -> dict[str, Any]:
+    """The --rater reply to a chat request (see the module docstring)."""
+    text = body["messages"][-1]["content"].split("The extract:\n", 1)[-1]
+    ws = text.split()
+    sentences = len(re.findall(r"[a-z]{2}\.(?:\s|$)", text))
+    score = 4 if sentences >= 3 and sum(map(len, ws)) / max(len(ws), 1) >= 4.6 else 1
+    return {"id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
+            "model": "rater",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": f"Educational score: {score}"}}],
+            "usage": {"prompt_tokens": len(ws), "completion_tokens": 4, "total_tokens": len(ws) + 4}}
+
+
+def build_app(rater: bool = False) -> FastAPI:
+    app = FastAPI()
+    state: dict[str, Any] = {"faults": [], "requests": 0, "completed": Counter()}
+    generate = rate if rater else _model_generate()
+    return _routes(app, state, generate)
+
+
+def _model_generate() -> Any:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -33,8 +67,6 @@ def build_app() -> FastAPI:
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF).eval()
     lock = threading.Lock()
-    state: dict[str, Any] = {"faults": [], "requests": 0, "completed": Counter()}
-    app = FastAPI()
 
     def generate(body: dict[str, Any]) -> dict[str, Any]:
         ids = tok.apply_chat_template(body["messages"], add_generation_prompt=True, return_tensors="pt",
@@ -55,6 +87,12 @@ def build_app() -> FastAPI:
                              "finish_reason": finish}],
                 "usage": {"prompt_tokens": ids.shape[1], "completion_tokens": len(new),
                           "total_tokens": ids.shape[1] + len(new)}}
+
+    return generate
+
+
+def _routes(app: FastAPI, state: dict[str, Any], generate: Any) -> FastAPI:
+    """Health, fault control, stats and the chat endpoint around ``generate(body) -> completion``."""
 
     def error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> Any:
         return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}},
@@ -95,15 +133,59 @@ def build_app() -> FastAPI:
     return app
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_json(url: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+@contextlib.contextmanager
+def serve(rater: bool = False) -> Iterator[str]:
+    """This server in a subprocess on a free port; yields its base URL once /health answers."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.data_pipeline.teacher_server", "--port", str(port),
+                             *(["--rater"] if rater else [])],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 240
+    while True:
+        try:
+            http_json(f"{base}/health")
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+            assert time.time() < deadline, "the teacher server did not start"
+            time.sleep(0.5)
+    try:
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a generation still running on a loaded machine
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def main() -> None:
-    import torch
     import uvicorn
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--rater", action="store_true", help="the stand-in quality annotator, no model")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # more threads than free cores makes decoding several times slower
-    uvicorn.run(build_app(), host="127.0.0.1", port=args.port, log_level="warning")
+    if not args.rater:
+        import torch
+
+        torch.set_num_threads(1)  # more threads than free cores makes decoding several times slower
+    uvicorn.run(build_app(args.rater), host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -73,25 +73,34 @@ def test_dedup_spans_shards_and_keeps_the_first(tmp_path: Path, wiki: list[str])
     assert report["removed_by_step"] == {"exact_dedup": {"exact_duplicate": 2},
                                          "minhash_dedup": {"near_duplicate": 1}}
     kept = [r["text"] for p in sorted(Path(report["output_dir"]).rglob("*.zst")) for r in read_jsonl(p)]
-    assert kept == wiki[0:60]  # the first of each group survives, in run order
+    assert sorted(kept) == sorted(wiki[0:60])  # the first of each group survives (the copies differ)
 
 
-def test_decontam_ignores_ngrams_common_in_training(tmp_path: Path, wiki: list[str]) -> None:
-    """An evaluation n-gram found in more than 10 training documents is boilerplate, not a leak."""
+def test_decontam_removes_every_leak_and_allows_only_what_it_is_told(tmp_path: Path, wiki: list[str]) -> None:
+    """A question that leaked into 12 documents is removed from all 12 (GPT-3's silent "more than 10
+    documents is boilerplate" rule removed none); allowing is explicit and listed in the report."""
     boiler = "this article is licensed under the creative commons attribution share alike license v4"
     leak = "the answer to the riddle of the sphinx is a man who crawls walks and then uses a cane"
     (tmp_path / "eval.jsonl").write_text(json.dumps({"q": boiler}) + "\n" + json.dumps({"q": leak}) + "\n")
     docs = [t + "\n\n" + boiler.capitalize() + "." for t in wiki[:12]]  # boilerplate in 12 documents
-    docs += [wiki[20] + " Indeed " + leak + ".", wiki[21] + " " + leak.upper(), wiki[22]]  # a leak in 2
+    docs += [wiki[20 + i] + " Indeed " + (leak.upper() if i % 2 else leak) + "." for i in range(12)]  # in 12
+    docs += wiki[40:43]
     for i in range(3):
         (tmp_path / f"{i}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs[i::3]))
-    spec = PipelineSpec(name="d", work_dir=str(tmp_path / "w"), workers=2,
-                        inputs=[InputConfig(source="s", reader="jsonl", paths=[str(tmp_path / "*.jsonl")])],
-                        steps=[{"type": "decontam", "files": [str(tmp_path / "eval.jsonl")]}])
-    report = run_pipeline(spec, log=None)
-    assert report["removed_by_step"] == {"decontam": {"eval_13gram_overlap": 2}}
-    assert report["documents"]["kept"] == 13
-    strict = PipelineSpec(name="d", work_dir=str(tmp_path / "w2"), workers=1, inputs=spec.inputs,
-                          steps=[{"type": "decontam", "files": [str(tmp_path / "eval.jsonl")],
-                                  "max_train_docs": None}])
-    assert run_pipeline(strict, log=None)["removed_by_step"] == {"decontam": {"eval_13gram_overlap": 14}}
+    inputs = [InputConfig(source="s", reader="jsonl", paths=[str(tmp_path / "*.jsonl")])]
+
+    def run(work: str, **settings: object) -> dict:
+        step = {"type": "decontam", "files": [str(tmp_path / "eval.jsonl")], **settings}
+        return run_pipeline(PipelineSpec(name="d", work_dir=str(tmp_path / work), workers=2, inputs=inputs,
+                                         steps=[step]), log=None)
+
+    assert run("w")["removed_by_step"] == {"decontam": {"eval_13gram_overlap": 24}}
+    by_phrase = run("phrase", allow=[boiler.upper()])
+    assert by_phrase["removed_by_step"] == {"decontam": {"eval_13gram_overlap": 12}}
+    by_count = run("count", allow_ngrams_over=12)  # the leak's n-grams are in 12 documents: not allowed
+    assert by_count["removed_by_step"] == {"decontam": {"eval_13gram_overlap": 24}}
+    by_count = run("count11", allow_ngrams_over=11)  # now both are "common": both allowed, and listed
+    assert by_count["documents"]["kept"] == 27 and "decontam" not in by_count["removed_by_step"]
+    allowed = by_count["steps"]["decontam"]
+    assert allowed["allowed_ngrams"] == 2 + 6 and {r["documents"] for r in allowed["allowed"]} == {12}
+    assert {"ngram": " ".join(boiler.split()[:13]), "documents": 12} in allowed["allowed"]

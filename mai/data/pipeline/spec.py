@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mai.config import from_dict, load_yaml, merge, parse_override
+from mai.data.pipeline.extract import ExtractConfig
 from mai.errors import MaiError
 
 ReaderName = Literal["text", "jsonl", "parquet", "warc", "corpus"]
@@ -29,6 +30,7 @@ class InputConfig:
     files_per_shard: int = 256  # text reader
     shards: int = 4  # corpus reader: the default corpus is split into this many shards
     limit: int | None = None  # corpus reader: first N documents only (demos, tests)
+    extract: ExtractConfig = dataclasses.field(default_factory=ExtractConfig)  # warc reader: HTML → text
 
 
 @dataclasses.dataclass

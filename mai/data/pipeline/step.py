@@ -24,9 +24,14 @@ class Step:
     def __init__(self, cfg: Any, label: str | None = None) -> None:
         self.cfg = cfg
         self.label = label or self.kind
+        self.save_removed = False  # ``removed: true`` in the step entry: keep removed documents' text
 
     def __call__(self, doc: Document) -> str | None:
         raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What the report should say about this step beyond its counts (model used, allow-lists …)."""
+        return {}
 
 
 class GlobalStep(Step):
@@ -40,6 +45,9 @@ class GlobalStep(Step):
 
     def observe(self, doc: Document) -> None:
         """Counting pass, for steps with ``counts_first``."""
+
+    def counted(self) -> None:
+        """Called once the counting pass has seen every document."""
 
     def prepare(self, doc: Document) -> None:
         """Parallel part: compute what the decision needs (hashes, signatures) into ``doc.metadata``."""

@@ -11,13 +11,13 @@ redone, so it needs no resume of its own.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mai.data.pipeline.files import is_done, mark_done, read_jsonl
+from mai.fileio import atomic_path
 
 if TYPE_CHECKING:
     from mai.data.pipeline.executor import MapShards, PipelineRun
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 BATCH = 256
 
 
-def _hash64(text: str) -> int:
+def text_hash64(text: str) -> int:
     digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
@@ -54,16 +54,14 @@ def _encode_in_worker(task: tuple[dict[str, Any], str]) -> str:
 
     for row in read_jsonl(run.docs_path(len(run.stages) - 1, key)):
         batch.append(row["text"])
-        hashes.append(_hash64(row["text"]))
+        hashes.append(text_hash64(row["text"]))
         if len(batch) == BATCH:
             flush()
     flush()
     folder = tokens_dir(run, tok.fingerprint)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{key}.{os.getpid()}.npz"
-    np.savez(tmp, ids=np.concatenate(ids) if ids else np.zeros(0, np.uint32),
-             lens=np.asarray(lens, dtype=np.int64), hashes=np.asarray(hashes, dtype=np.uint64))
-    os.replace(tmp, folder / f"{key}.npz")
+    with atomic_path(folder / f"{key}.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, ids=np.concatenate(ids) if ids else np.zeros(0, np.uint32),
+                 lens=np.asarray(lens, dtype=np.int64), hashes=np.asarray(hashes, dtype=np.uint64))
     mark_done(folder, key)
     return key
 
