@@ -70,3 +70,13 @@ def _write_task(out: Path, task_name: str, include: str, splits: dict[str, list[
            "training_split": None, "validation_split": "validation" if "validation" in splits else None,
            "test_split": "test" if "test" in splits else None, "num_fewshot": shots}
     atomic_write_text(out / f"{task_name}.yaml", yaml.safe_dump(cfg, sort_keys=False))
+
+
+def write_local_gsm8k(out_dir: str | Path, limit: int | None = None) -> str:
+    """``mai_gsm8k``: lm-eval's own ``gsm8k_cot`` (8-shot chain of thought, its filters and metrics) over
+    the documents ``mai eval --tasks gsm8k`` reads; returns the lm-eval task name."""
+    from mai.eval.gen_tasks import gsm8k
+
+    docs = [{"question": ex.doc["question"], "answer": ex.doc["answer"]} for ex in gsm8k(limit)]
+    _write_task(Path(out_dir), "mai_gsm8k", "gsm8k/gsm8k-cot.yaml", {"test": docs}, shots=8)
+    return "mai_gsm8k"

@@ -8,18 +8,24 @@ from typing import Any
 
 from mai.fileio import atomic_path, atomic_write_text
 
+# fractions shown in % with their standard error
+SCORES = ("acc", "acc_norm", "strict_match", "flexible_extract", "exact_match", "f1", "pass@1", "pass@10",
+          "pass@100")
+
 
 def headline(metrics: dict[str, Any]) -> tuple[str, float] | None:
-    """The number a chart shows for one task: acc_norm when reported, else acc, else bits per byte."""
-    for name in ("acc_norm", "acc", "bits_per_byte"):
+    """The number a chart shows for one task: acc_norm when reported, else acc, else a generative task's
+    first metric (GSM8K strict match, pass@1, exact match, F1), else bits per byte."""
+    for name in ("acc_norm", "acc", "strict_match", "pass@1", "exact_match", "f1", "bits_per_byte"):
         if name in metrics:
             return name, float(metrics[name])
     return None
 
 
 def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
-    """``results[model][task] = metrics`` as aligned text rows."""
-    cols = ("n", "acc", "acc_norm", "perplexity", "bits_per_byte", "seconds")
+    """``results[model][task] = metrics`` as aligned text rows, a column per metric that some task has."""
+    present = {name for tasks in results.values() for m in tasks.values() for name in m}
+    cols = [c for c in ("n", *SCORES, "perplexity", "bits_per_byte", "seconds") if c in present]
     lines = [f"{'model':<28} {'task':<16} " + " ".join(f"{c:>13}" for c in cols)]
     for model, tasks in results.items():
         for task, m in tasks.items():
@@ -28,7 +34,7 @@ def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
                 v = m.get(c)
                 if v is None:
                     cells.append(f"{'-':>13}")
-                elif c in ("acc", "acc_norm"):
+                elif c in SCORES:
                     err = m.get(f"{c}_stderr")
                     cells.append(f"{100 * v:>7.2f}±{100 * err:<5.2f}" if err is not None
                                  else f"{100 * v:>13.2f}")

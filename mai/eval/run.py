@@ -1,7 +1,10 @@
-"""``mai eval``: every requested model on every requested task and text set, then table, JSON and chart."""
+"""``mai eval``: every requested model on every requested task (log-likelihood or generative) and text set,
+then table, JSON and chart."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -9,29 +12,54 @@ from typing import Any
 import torch
 
 from mai.errors import MaiError
+from mai.eval.gen_tasks import GEN_TASKS, GenTask, get_gen_task
+from mai.eval.generation import GenSettings, run_gen_task
 from mai.eval.harness import run_task
 from mai.eval.perplexity import shard_perplexity, text_documents, text_perplexity
 from mai.eval.report import plot, table, write_json
 from mai.eval.scoring import LoglikScorer
-from mai.eval.tasks import get_task
+from mai.eval.tasks import TASKS, Task
+
+
+def resolve_tasks(names: Sequence[str]) -> tuple[list[Task], list[GenTask]]:
+    """Log-likelihood and generative tasks by name (task files by path); MaiError listing the known
+    names for an unknown one, before any model loads."""
+    loglik, generative = [], []
+    for name in names:
+        if name in TASKS:
+            loglik.append(TASKS[name])
+        elif (gen := get_gen_task(name)) is not None:
+            generative.append(gen)
+        else:
+            raise MaiError(f"unknown task {name!r}; known tasks: {', '.join([*TASKS, *GEN_TASKS])}, "
+                           "or a .jsonl task file")
+    return loglik, generative
+
+
+def samples_path(out_dir: str | Path, model: str, task: str) -> Path:
+    """Where a model's per-example answers on a task are logged (a resumed run reads them back)."""
+    tag = hashlib.sha1(str(Path(model).resolve()).encode()).hexdigest()[:8]
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(model).name)  # "bundled:smollm2" is a valid model name
+    return Path(out_dir) / "samples" / f"{name}-{tag}" / f"{Path(task).name}.jsonl"
 
 
 def run_eval(models: Sequence[str], tasks: Sequence[str], out_dir: str | Path, limit: int | None = None,
              texts: Sequence[str] = (), shards: str | None = None, split: str = "val",
              batch_tokens: int = 4096, device: str = "cpu", max_length: int | None = None,
-             echo: Callable[[str], None] = print) -> dict[str, Any]:
+             echo: Callable[[str], None] = print, precision: str = "auto",
+             gen: GenSettings | None = None) -> dict[str, Any]:
     """Evaluate; write ``results.json`` and ``results.png`` into out_dir; return the results dict."""
-    from mai.interop import load_model
+    from mai.infer.load import load_for_inference
+    from mai.precision import TRAIN_ROWS
 
-    chosen = [get_task(t) for t in tasks]  # unknown names fail before any model loads
-    if not chosen and not texts and not shards:
+    chosen, generative = resolve_tasks(tasks)  # unknown names fail before any model loads
+    if not chosen and not generative and not texts and not shards:
         raise MaiError("nothing to evaluate: give --tasks, --text or --shards")
     results: dict[str, dict[str, Any]] = {}
     for path in models:
-        loaded = load_model(path)
-        if loaded.tokenizer is None:
-            raise MaiError(f"{path} carries no tokenizer; evaluation needs one (tokenizer.json beside it)")
-        model = loaded.model.to(device)
+        # scoring runs the model over many rows at once: the precision is measured for that shape
+        loaded, _ = load_for_inference(path, precision=precision, rows=TRAIN_ROWS, device=device)
+        model = loaded.model
         length = min(max_length or model.cfg.max_seq_len, model.cfg.max_seq_len)
         scorer = LoglikScorer(model, loaded.tokenizer, batch_tokens, length)
         per_task: dict[str, Any] = {}
@@ -39,6 +67,12 @@ def run_eval(models: Sequence[str], tasks: Sequence[str], out_dir: str | Path, l
             res = run_task(scorer, task, limit)
             per_task[task.name] = res.as_dict()
             echo(f"{Path(path).name}: {task.name} done ({res.n} examples, {res.seconds:.1f} s)")
+        for gtask in generative:
+            log = samples_path(out_dir, path, gtask.name)
+            res = run_gen_task(model, loaded.tokenizer, gtask, limit, gen or GenSettings(), log, echo=echo)
+            per_task[gtask.name] = res
+            echo(f"{Path(path).name}: {gtask.name} done ({res['n']} examples, answers in "
+                 f"{log})")
         with torch.no_grad():
             if texts:
                 ppl = text_perplexity(model, loaded.tokenizer, text_documents(texts), length, limit)
