@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# One-GPU check of MAI's GPU path (H100/H200, under 10 minutes): trains the 1b preset (4 layers) and
+# moe-demo in bf16 with torch.compile and reports tokens/s, MFU and peak memory against `mai plan`'s
+# prediction; SIGKILLs a `mai train` run and resumes it; exercises async checkpointing; pipeline
+# parallel where mai has parallel.pp (else skipped with the reason). Writes runs/gpu_check/summary.json.
+#   bash benchmarks/gpu_check.sh              # on the GPU machine
+#   bash benchmarks/gpu_check.sh --dry-run    # on CPU: tiny shapes, seconds (what CI runs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ " $* " != *" --dry-run "* ]]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+fi
+python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+exec timeout 590 python benchmarks/gpu_check.py "$@"
