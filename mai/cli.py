@@ -6,6 +6,7 @@ User errors (:class:`mai.errors.MaiError`) become one ``error: ...`` line on std
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -52,11 +53,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg = resolve(RunConfig, base, args.overrides)
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"steps                 {result.steps}")
+        stopped = (f" of {result.planned_steps} (stopped by train.max_minutes={cfg.train.max_minutes:g})"
+                   if result.steps < result.planned_steps else "")
+        print(f"steps                 {result.steps}{stopped}")
         print(f"final train loss      {result.final_loss:.4f} nats/token")
         print(f"validation loss       {result.val_loss:.4f} nats/token")
         print(f"unigram entropy       {result.unigram_entropy:.4f} nats/token (the no-context baseline)")
-        print(f"throughput            {result.tokens_per_s:,.0f} tokens/s, MFU {100 * result.mfu:.1f}%")
+        mfu = f"{100 * result.mfu:.1f}%" if math.isfinite(result.mfu) else "unknown (peak not trusted)"
+        print(f"throughput            {result.tokens_per_s:,.0f} tokens/s in {result.precision}, MFU {mfu}")
         print(f"model                 {result.out_dir / 'model'}")
         print(f"loss curve            {result.out_dir / 'loss.png'}")
 
@@ -95,8 +99,26 @@ def cmd_data_run(args: argparse.Namespace) -> None:
         overrides.append(f"workers={args.workers}")
     if args.executor is not None:
         overrides.append(f"executor={args.executor}")
-    report = run_pipeline(load_spec(args.pipeline, overrides))
+    report = run_pipeline(load_spec(args.pipeline, overrides), update=args.update)
     print(f"report     {report['work_dir']}/report.json")
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> None:
+    from mai.data.pipeline.inspect import inspect_work_dir
+
+    print(inspect_work_dir(args.work_dir, args.step, args.sample, args.seed, args.chars))
+
+
+def cmd_data_quality_train(args: argparse.Namespace) -> None:
+    from mai.data.pipeline.quality import load_quality_config, train_quality
+
+    cfg = load_quality_config(args.config, args.set)
+    report = train_quality(cfg)
+    print(f"labelled   {report['labelled']:,} of {report['documents']:,} documents "
+          f"({report['good']:,} scored >= {report['threshold']} by the teacher)")
+    print(f"held out   {report['held_out']:,} documents: accuracy {report['held_out_accuracy']:.3f} "
+          f"(majority class {report['majority_baseline']:.3f})")
+    print(f"model      {cfg.out_dir}/model.npz")
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
@@ -109,7 +131,7 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
 def _add_input_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", nargs="+", action="extend", default=None, metavar="PATH",
-                   help=".txt / .jsonl(.gz) / .parquet files or directories (default: the Wikipedia corpus)")
+                   help=".txt / .jsonl(.gz/.zst) / .parquet files or directories (default: Wikipedia)")
     p.add_argument("--field", default="text", help="the JSONL field / Parquet column holding the text")
     p.add_argument("--paragraphs", action="store_true",
                    help="split .txt files into one document per blank-line-separated block")
@@ -117,20 +139,27 @@ def _add_input_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from mai.plan import Layout, format_plan, format_table, plan, search
+    from mai.plan import Layout, format_anchors, format_plan, format_table, plan, search
 
+    if args.anchors:
+        print(format_anchors())
+        return
+    if not args.preset or not args.gpus:
+        raise MaiError("mai plan needs --preset and --gpus (or --anchors for the published-runs table)")
     if args.search:
-        plans = search(args.preset, args.gpu, args.gpus, args.seq_len, args.global_batch, args.mfu)
+        plans = search(args.preset, args.gpu, args.gpus, args.seq_len, args.global_batch, args.mfu,
+                       software=args.software)
         if not plans:
             raise MaiError(f"no layout of {args.preset} fits on {args.gpus} × {args.gpu}; add GPUs")
-        print(f"layouts of {args.preset} that fit on {args.gpus} × {args.gpu} at {args.mfu:.0%} MFU, "
-              "best first:")
+        mfu = "predicted MFU" if args.mfu is None else f"{args.mfu:.0%} MFU"
+        print(f"layouts of {args.preset} that fit on {args.gpus} × {args.gpu} at {mfu}, fastest first:")
         print(format_table(plans, args.tokens))
         return
     layout = Layout(gpus=args.gpus, dp=args.dp, tp=args.tp, pp=args.pp, ep=args.ep,
                     micro_batch=args.micro_batch, seq_len=args.seq_len, global_batch=args.global_batch,
-                    activation_checkpointing=args.activation_checkpointing, zero=args.zero)
-    print(format_plan(plan(args.preset, args.gpu, layout, args.mfu), args.tokens))
+                    activation_checkpointing=args.activation_checkpointing, zero=args.zero,
+                    schedule=args.schedule, chunks=args.chunks)
+    print(format_plan(plan(args.preset, args.gpu, layout, args.mfu, args.software), args.tokens))
 
 
 def _sampling_params(args: argparse.Namespace):
@@ -144,13 +173,10 @@ def _sampling_params(args: argparse.Namespace):
 def _load_for_generation(args: argparse.Namespace):
     """(model, tokenizer, compiled decoder or None) for ``args.model``: any checkpoint
     `mai.interop.load_model` reads (mai export, run, HF directory, GGUF), quantized as ``args.quant``."""
-    from mai.infer.quant import apply_quant
-    from mai.interop import load_model
+    from mai.infer.load import load_for_inference
 
-    loaded = load_model(args.model)
-    if loaded.tokenizer is None:
-        raise MaiError(f"{args.model} has no tokenizer files (tokenizer.json); generation needs one")
-    model = apply_quant(loaded.model, args.quant, loaded.source)
+    loaded, _ = load_for_inference(args.model, args.quant, args.precision)
+    model = loaded.model
     decoder = None
     if args.compile:
         from mai.infer.compiled_decode import CompiledDecoder
@@ -219,7 +245,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         catalog = load_catalog(args.catalog)
     elif args.model:
         catalog = Catalog([ModelEntry(name=args.name, path=args.model, max_len=args.max_len,
-                                      quant=args.quant)])
+                                      quant=args.quant, precision=args.precision)])
     else:
         raise MaiError("give --catalog FILE or --model PATH (e.g. --model bundled:smollm2)")
     if args.api_key:
@@ -254,6 +280,12 @@ def _add_sampling_flags(p: argparse.ArgumentParser, temperature: float) -> None:
                    help="int8: weight-only int8 linears; gguf: keep a .gguf file's Q4_0/Q4_1/Q8_0 weights")
     p.add_argument("--compile", action="store_true",
                    help="decode through torch.compile (a static KV cache; the first token waits to compile)")
+    _add_precision_flag(p)
+
+
+def _add_precision_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="compute dtype; auto: bf16 only where it measures faster on this machine")
 
 
 def _tuning_config(args: argparse.Namespace):
@@ -298,11 +330,14 @@ def cmd_dpo(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from mai.eval.generation import GenSettings
     from mai.eval.run import run_eval
 
     tasks = [t for t in (args.tasks or "").split(",") if t]
+    gen = GenSettings(args.samples, args.temperature, args.chat, args.max_new_tokens, args.seed,
+                      args.batch_size)
     run_eval(args.models, tasks, args.out, args.limit, args.text, args.shards, args.split, args.batch_tokens,
-             args.device, args.max_length)
+             args.device, args.max_length, precision=args.precision, gen=gen)
     print(f"results    {args.out}/results.json, {args.out}/results.png")
     if args.contamination:
         from mai.eval.decontam import contamination
@@ -331,9 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     pl = sub.add_parser("plan", help="per-GPU memory, step time and days of a cluster run, on paper")
-    pl.add_argument("--preset", required=True, help="a model preset, or megatron-462b (published anchor)")
-    pl.add_argument("--gpu", default="h100", help="h100, h200, a100 or b200")
-    pl.add_argument("--gpus", type=int, required=True, help="number of GPUs")
+    pl.add_argument("--preset", help="a model preset, or megatron-1.7b/7.1b/70b/462b (published anchors)")
+    pl.add_argument("--gpu", default="h100", help="h100, h200, a100, b200 or h100-96gb-500w")
+    pl.add_argument("--gpus", type=int, help="number of GPUs")
     pl.add_argument("--dp", type=int, default=0, help="data parallel (0 = gpus / (tp·pp))")
     pl.add_argument("--tp", type=int, default=1)
     pl.add_argument("--pp", type=int, default=1)
@@ -343,7 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--global-batch", type=int, default=1024, help="sequences per optimizer step")
     pl.add_argument("--activation-checkpointing", default="selective", choices=["none", "selective", "full"])
     pl.add_argument("--zero", type=int, default=3, help="0-3; 3 = FSDP (all state sharded)")
-    pl.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation to assume")
+    pl.add_argument("--schedule", default="1f1b", choices=["1f1b", "interleaved"], help="pipeline schedule")
+    pl.add_argument("--chunks", type=int, default=1, help="model chunks per pipeline rank (interleaved: ≥ 2)")
+    pl.add_argument("--software", default="compiled", help="compiled (MAI with parallel.compile), eager, "
+                    "megatron, torchtitan-compiled or torchtitan-eager: sets the kernel-fusion model")
+    pl.add_argument("--mfu", type=float, default=None,
+                    help="override the predicted model FLOPs utilisation for the step time")
+    pl.add_argument("--anchors", action="store_true",
+                    help="print predicted vs published MFU of Megatron-LM's and torchtitan's runs")
     pl.add_argument("--tokens", type=float, default=15e12, help="token budget for the days estimate")
     pl.add_argument("--search", action="store_true", help="list the layouts that fit, best first")
     pl.set_defaults(func=cmd_plan)
@@ -378,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--name", default="default", help="the model name clients send (with --model)")
     srv.add_argument("--max-len", type=int, default=2048, help="context length served (with --model)")
     srv.add_argument("--quant", default="none", choices=["none", "int8"], help="int8 weights (with --model)")
+    _add_precision_flag(srv)
     srv.add_argument("--api-key", help="require this Bearer key (adds to the catalog's keys)")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     srv.add_argument("--port", type=int, default=8000)
@@ -406,7 +449,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="override a pipeline setting, e.g. workers=4 or work_dir=runs/x")
     drun.add_argument("--workers", type=int, default=None, help="parallel shard workers")
     drun.add_argument("--executor", choices=["local", "ray"], default=None, help="where shards run")
+    drun.add_argument("--update", action="store_true",
+                      help="the input files changed since WORK_DIR was made: process the added and changed "
+                           "files, withdraw the removed files' documents")
     drun.set_defaults(func=cmd_data_run)
+    insp = data.add_parser("inspect", help="a run's report, or a sample of what one step removed and why")
+    insp.add_argument("work_dir", help="the pipeline's work_dir")
+    insp.add_argument("--step", default=None, help="a step label (e.g. c4); without it: the report")
+    insp.add_argument("--sample", type=int, default=5, help="documents to show")
+    insp.add_argument("--seed", type=int, default=0, help="which sample (the same seed, the same documents)")
+    insp.add_argument("--chars", type=int, default=600, help="characters of each text to show")
+    insp.set_defaults(func=cmd_data_inspect)
+    quality = data.add_parser("quality", help="model-based quality filter")
+    quality = quality.add_subparsers(dest="quality_action", required=True)
+    qtrain = quality.add_parser("train", help="teacher-labelled documents → a fastText quality classifier")
+    qtrain.add_argument("config", help="YAML: inputs, out_dir, teacher {base_url, model, …}, threshold")
+    qtrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. teacher.base_url=http://127.0.0.1:8000/v1")
+    qtrain.set_defaults(func=cmd_data_quality_train)
     synth = data.add_parser("synth", help="generate documents with a teacher model (OpenAI-compatible API)")
     synth.add_argument("config", help="the synth YAML (see configs/data/synth.yaml)")
     synth.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -431,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="benchmarks (lm-eval conventions), perplexity and bits per byte")
     ev.add_argument("models", nargs="+", help="model paths: .gguf, HF dir, mai export, run dir")
     ev.add_argument("--tasks", default="", help="comma list: hellaswag,arc_easy,arc_challenge,piqa,"
-                    "winogrande,boolq,mmlu,mmlu_5shot,lambada")
+                    "winogrande,boolq,mmlu,mmlu_5shot,lambada; generative: gsm8k,humaneval,mbpp,"
+                    "minerva_math_500,drop,squad, or a .jsonl file of {prompt, answer}")
     ev.add_argument("--limit", type=int, default=None, help="first N examples per task (per MMLU subject)")
     ev.add_argument("--text", nargs="*", default=[], help=".txt / .jsonl files for perplexity and bits/byte")
     ev.add_argument("--shards", default=None, help="token-shard directory for held-out perplexity")
@@ -439,10 +500,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-tokens", type=int, default=4096, help="tokens per forward batch")
     ev.add_argument("--max-length", type=int, default=None, help="context window (default: the model's)")
     ev.add_argument("--device", default="cpu")
+    _add_precision_flag(ev)
     ev.add_argument("--out", default="runs/eval", help="folder for results.json and results.png")
     ev.add_argument("--contamination", action="append", default=[], metavar="SHARD_DIR",
                     help="report the task examples sharing an n-gram with these training shards (repeatable)")
     ev.add_argument("--ngram", type=int, default=13, help="n-gram length of the contamination report")
+    ev.add_argument("--samples", type=int, default=1, help="generative tasks: answers per question (pass@k)")
+    ev.add_argument("--temperature", type=float, default=0.0, help="generative tasks: 0 = greedy")
+    ev.add_argument("--chat", action="store_true", help="generative tasks: prompt through the chat template")
+    ev.add_argument("--max-new-tokens", type=int, default=None, help="generative tasks: at most N tokens")
+    ev.add_argument("--batch-size", type=int, default=8, help="generative tasks: requests decoded together")
+    ev.add_argument("--seed", type=int, default=1234, help="generative tasks: sampling seed")
     ev.set_defaults(func=cmd_eval)
 
     return parser

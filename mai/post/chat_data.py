@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mai.errors import MaiError
+from mai.fileio import read_jsonl_records
 from mai.tokenizer import MaiTokenizer
 
 ROLES = ("system", "user", "assistant")
@@ -50,23 +51,7 @@ def check_messages(messages: Any, where: str) -> list[dict[str, str]]:
 
 def read_jsonl(path: str | Path, key: str | None = "messages") -> Iterator[tuple[Any, str]]:
     """(record, "file:line") for every non-blank line; ``key`` picks a field (a bare list is accepted)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MaiError(f"no data file at {path}")
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise MaiError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if key is not None and not isinstance(record, list):
-                if not isinstance(record, dict) or key not in record:
-                    raise MaiError(f"{where}: expected an object with a {key!r} field")
-                record = record[key]
-            yield record, where
+    return read_jsonl_records(path, key)
 
 
 def encode_conversation(tok: MaiTokenizer, messages: list[dict[str, str]], where: str,
