@@ -37,6 +37,9 @@ os.environ.setdefault("RAYON_RS_NUM_CPUS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.data_pipeline.sdists for --warc
 
+from mai.precision import bench_tag  # noqa: E402
+
+TAG = bench_tag("no float compute")  # text filters and tokenizing: the ISA is named, no dtype is chosen
 BAD_WORDS = {"type": "c4_badwords", "words_file": "better-profanity"}
 
 
@@ -229,23 +232,23 @@ def main() -> None:
                 results[name][-1]["cpu"] = cpu_seconds() - cpu
                 shutil.rmtree(work, ignore_errors=True)
                 res = results[name][-1]
-                print(f"round {r} {name:<9} {res['seconds']:7.2f} s wall, {res['cpu']:7.2f} s CPU  kept "
-                      f"{res['kept']:,} documents, {res['tokens']:,} tokens", flush=True)
-        print(f"\nmachine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end")
-        print(f"input {n_units:,} {unit}, {n_bytes / 1e6:.2f} MB; one process per side")
+                print(f"{TAG} round {r} {name:<9} {res['seconds']:7.2f} s wall, {res['cpu']:7.2f} s CPU  "
+                      f"kept {res['kept']:,} documents, {res['tokens']:,} tokens", flush=True)
+        print(f"\n{TAG} machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end")
+        print(f"{TAG} input {n_units:,} {unit}, {n_bytes / 1e6:.2f} MB; one process per side")
         med = {k: statistics.median(x["seconds"] for x in v) for k, v in results.items()}
         print(f"{'':<10} {'median s':>9} {unit + '/s/core':>16} {'MB/s/core':>10} {'kept':>7}")
         for name in ("mai", "datatrove"):
             sec = med[name]
             print(f"{name:<10} {sec:9.2f} {n_units / sec:16,.1f} {n_bytes / 1e6 / sec:10.3f} "
-                  f"{results[name][0]['kept']:>7}")
+                  f"{results[name][0]['kept']:>7}  {TAG}")
         ours, theirs = results["mai"][0]["keys"], results["datatrove"][0]["keys"]
-        print(f"kept by both: {len(ours & theirs):,}; only MAI: {len(ours - theirs):,}; "
+        print(f"{TAG} kept by both: {len(ours & theirs):,}; only MAI: {len(ours - theirs):,}; "
               f"only datatrove: {len(theirs - ours):,}")
         pairs = zip(results["mai"], results["datatrove"], strict=True)
         rounds = [d["seconds"] / m["seconds"] for m, d in pairs]
         cpu = {k: statistics.median(x["cpu"] for x in v) for k, v in results.items()}
-        print(f"ratio (MAI throughput / datatrove throughput): {med['datatrove'] / med['mai']:.2f}x of "
+        print(f"{TAG} ratio (MAI throughput / datatrove throughput): {med['datatrove'] / med['mai']:.2f}x of "
               f"median wall times; per round {', '.join(f'{x:.2f}x' for x in rounds)}; "
               f"{cpu['datatrove'] / cpu['mai']:.2f}x of median CPU seconds")
     finally:

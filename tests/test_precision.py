@@ -98,6 +98,10 @@ def test_measurements_are_cached_per_machine(tmp_path):
     assert cached("x", lambda: calls.append(1) or 2.5) == 2.5
     assert cached("x", lambda: calls.append(1) or 9.0) == 2.5 and len(calls) == 1
     assert cached("x", lambda: 7.0, refresh=True) == 7.0
+    # a peak keeps the best rate seen: a measurement taken under load never lowers it
+    assert cached("peak", lambda: 5.0, keep_max=True) == 5.0
+    assert cached("peak", lambda: 3.0, keep_max=True) == 5.0
+    assert cached("peak", lambda: 6.0, keep_max=True) == 6.0
     key = machine_key()
     assert torch.__version__ in key and torch.backends.cpu.get_cpu_capability() in key
     threads = torch.get_num_threads()

@@ -169,3 +169,40 @@ def test_health_follows_an_engine_that_cannot_step_and_sigterm_still_exits_0(tmp
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_health_is_503_while_draining_and_new_requests_are_refused(tiny_dir):
+    """A real server on a thread: once draining begins (what SIGTERM starts), /health answers 503
+    ``draining`` on a connection that is still open, and a new generation gets 503."""
+    import asyncio
+
+    import uvicorn
+
+    from mai.serve.app import create_app
+    from mai.serve.catalog import Catalog, ModelEntry
+
+    httpx = pytest.importorskip("httpx")
+    app = create_app(Catalog(models=[ModelEntry("tiny", str(tiny_dir), max_len=512)]))
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url)
+        with httpx.Client(base_url=url, timeout=30) as client:  # one keep-alive connection
+            assert client.get("/health").status_code == 200
+            server = app.state.server
+            loop = asyncio.new_event_loop()
+            try:
+                server.begin_drain(loop)
+                loop.run_until_complete(asyncio.sleep(0))
+            finally:
+                loop.close()
+            health = client.get("/health")
+            assert health.status_code == 503 and health.json()["status"] == "draining"
+            r = client.post("/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 2})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "server_shutting_down"
+    finally:
+        srv.should_exit = True
+        thread.join(30)
