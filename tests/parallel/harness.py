@@ -38,10 +38,10 @@ def tiny(moe: bool) -> ModelConfig:
 
 
 def big_moe() -> ModelConfig:
-    """13M parameters, nearly all in experts (200 MB of fp32 weights, gradients and Adam moments) but
-    little compute per token: top-2 of 16 experts."""
+    """19M parameters, nearly all in experts (310 MB of fp32 weights, gradients and Adam moments) but
+    little compute per token: top-2 of 24 experts."""
     return ModelConfig(vocab_size=128, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=256,
-                       max_seq_len=SEQ, n_experts=16, top_k=2, expert_ffn_dim=1024, first_dense_layers=0,
+                       max_seq_len=SEQ, n_experts=24, top_k=2, expert_ffn_dim=1024, first_dense_layers=0,
                        moe_aux_loss_coef=0.01)
 
 

@@ -79,7 +79,8 @@ def test_four_ranks_dp2_tp2_hsdp_ep_and_ep_tp_match_one_process(tmp_path, refere
         assert_same(got[name], reference[name.split("-")[0]])
 
 
-LIMIT_MB = 120  # what a rank may allocate beyond the interpreter, torch and the process group
+LIMIT_MB = 180  # what a rank may allocate beyond the interpreter, torch and the process group: a quarter
+# of the model's 310 MB plus room for thread stacks and buffers that vary from run to run
 
 
 @pytest.mark.slow
