@@ -79,8 +79,9 @@ def test_four_ranks_dp2_tp2_hsdp_ep_and_ep_tp_match_one_process(tmp_path, refere
         assert_same(got[name], reference[name.split("-")[0]])
 
 
-LIMIT_MB = 180  # what a rank may allocate beyond the interpreter, torch and the process group: a quarter
-# of the model's 310 MB plus room for thread stacks and buffers that vary from run to run
+LIMIT_MB = 220  # what a rank may allocate beyond the interpreter, torch and the process group: under the
+# model's 310 MB of training state, well above a rank's quarter of it plus FSDP's gathered buffers
+# (a 4-rank run needed up to ~180 MB and failed once at 180)
 
 
 @pytest.mark.slow
@@ -93,7 +94,7 @@ def test_four_ranks_train_a_model_that_one_process_cannot_hold(tmp_path):
 
     with torch.device("meta"):
         n = sum(p.numel() for p in Transformer(big_moe()).parameters())
-    assert 16 * n > 1.5 * LIMIT_MB * 2**20  # fp32 weights + gradients + two Adam moments
+    assert 16 * n > 1.3 * LIMIT_MB * 2**20  # fp32 weights + gradients + two Adam moments
     alone = launch(0, "limited.py", str(tmp_path / "alone.json"), str(LIMIT_MB))
     assert alone.returncode != 0 and "can't allocate memory" in alone.stderr, alone.stderr[-2000:]
     sharded = launch(4, "limited.py", str(tmp_path / "four.json"), str(LIMIT_MB), json.dumps({"ep": 4}))
