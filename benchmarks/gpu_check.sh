@@ -6,9 +6,5 @@
 #   bash benchmarks/gpu_check.sh              # on the GPU machine
 #   bash benchmarks/gpu_check.sh --dry-run    # on CPU: tiny shapes, seconds (what CI runs)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-if [[ " $* " != *" --dry-run "* ]]; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-fi
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+. "$(dirname "$0")/gpu_preamble.sh" "$@"
 exec timeout 590 python benchmarks/gpu_check.py "$@"

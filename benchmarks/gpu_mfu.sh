@@ -5,9 +5,5 @@
 #   bash benchmarks/gpu_mfu.sh --dry-run      # on CPU: tiny shapes, no compile (what CI runs)
 # Paste the printed table into docs/benchmarks.md with the machine, the command and the date.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-if [[ " $* " != *" --dry-run "* ]]; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-fi
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+. "$(dirname "$0")/gpu_preamble.sh" "$@"
 exec timeout 290 python benchmarks/gpu_mfu.py "$@"

@@ -123,6 +123,17 @@ def best_seconds(fn: Callable[[], object], samples: int = 3, min_sample_s: float
     return best
 
 
+def alternating_best(first: Callable[[], object], second: Callable[[], object],
+                     rounds: int) -> tuple[float, float]:
+    """Best per-call seconds of two calls timed in alternating samples, so load from other jobs on the
+    machine hits both alike (a speed ratio of two calls is only as good as this)."""
+    best = [float("inf"), float("inf")]
+    for _ in range(rounds):
+        for i, fn in enumerate((first, second)):
+            best[i] = min(best[i], best_seconds(fn, samples=1))
+    return best[0], best[1]
+
+
 def measure_bf16_factor(rows: int, rounds: int = 7) -> float:
     """bf16 matmul speed ÷ fp32 speed for a [rows, WIDTH] @ [WIDTH, WIDTH] product on one thread of this
     CPU (one thread: a multi-threaded product stalls whenever another job takes one of its cores). The
@@ -141,10 +152,8 @@ def measure_bf16_factor(rows: int, rounds: int = 7) -> float:
         bf16 = time.perf_counter() - start
         if bf16 > 4 * fp32:
             return fp32 / bf16
-        for _ in range(rounds):
-            fp32 = min(fp32, best_seconds(lambda: torch.mm(a, b), samples=1))
-            bf16 = min(bf16, best_seconds(lambda: torch.mm(a16, b16), samples=1))
-        return fp32 / bf16
+        fp32_best, bf16_best = alternating_best(lambda: torch.mm(a, b), lambda: torch.mm(a16, b16), rounds)
+        return min(fp32, fp32_best) / min(bf16, bf16_best)
     finally:
         torch.set_num_threads(threads)
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from mai.model.swap import swap_children
 from mai.model.transformer import eager_inference
-from mai.precision import best_seconds, cached, report_once
+from mai.precision import alternating_best, cached, report_once
 
 MIN_ROWS = 2
 
@@ -33,11 +33,8 @@ def onednn_available() -> bool:
 def measure_onednn_factor(rows: int = 256, width: int = 512) -> float:
     """oneDNN's float32 linear speed ÷ ``F.linear``'s for a [rows, width] × [width, width] product."""
     x, w, b = torch.randn(rows, width), torch.randn(width, width), torch.randn(width)
-    plain, onednn = float("inf"), float("inf")
-    for _ in range(5):  # alternating samples, best of each: load from other jobs hits both alike
-        plain = min(plain, best_seconds(lambda: F.linear(x, w, b), samples=1))
-        onednn = min(onednn, best_seconds(
-            lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [None], ""), samples=1))
+    plain, onednn = alternating_best(
+        lambda: F.linear(x, w, b), lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [None], ""), 5)
     return plain / onednn
 
 
