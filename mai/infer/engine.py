@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mai.errors import MaiError
-from mai.infer.json_mode import JsonConstraint
+from mai.infer.constraint import Constraint, ConstraintFactory, json_mode_factory
 from mai.infer.kv_cache import RowKVCache
 from mai.infer.sampling import SamplingParams, apply_penalties, sample_row
 from mai.infer.textstream import TextStream
@@ -84,13 +84,13 @@ class _Running:
     """Engine-side state of an admitted request."""
 
     def __init__(self, req: Request, decode: Callable[[list[int]], str], budget: int,
-                 vocab: list[str] | None):
+                 constraint: Constraint | None):
         self.req = req
         self.gen = req.params.generator()
         self.history = list(req.prompt_ids)
         self.stream = TextStream(decode, req.params.stop)
         self.budget = budget
-        self.json = JsonConstraint(vocab) if req.params.json_object and vocab is not None else None
+        self.constraint = constraint
         self.pending: list[TokenLogprob] = []
 
 
@@ -98,11 +98,13 @@ class Engine:
     """Continuous batching over one model. Drive it with :meth:`step` or a background :meth:`start`."""
 
     def __init__(self, model: Transformer, decode: Callable[[list[int]], str], stop_ids: Sequence[int] = (),
-                 max_batch: int = 32, max_len: int | None = None, token_texts: list[str] | None = None):
+                 max_batch: int = 32, max_len: int | None = None, token_texts: list[str] | None = None,
+                 constraints: ConstraintFactory | None = None):
         self.model, self.decode, self.stop_ids = model, decode, set(stop_ids)
         self.max_batch = max_batch
         self.max_len = min(max_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
-        self.token_texts = token_texts  # text of every token id: needed for JSON mode and logprobs
+        self.token_texts = token_texts  # text of every token id: needed for logprobs (and JSON mode)
+        self.constraints = constraints or json_mode_factory(token_texts)  # request → its output constraint
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.cache = RowKVCache(model.cfg, self.max_len, self.device, self.dtype)
@@ -278,7 +280,7 @@ class Engine:
         req.scheduled = time.perf_counter()
         try:
             budget = min(req.params.max_tokens, self.max_len - len(req.prompt_ids))
-            run = _Running(req, self.decode, budget, self.token_texts)
+            run = _Running(req, self.decode, budget, self.constraints(req.params))
             prefill = KVCache(self.model.cfg, 1, len(req.prompt_ids), self.device, self.dtype)
             logits = self.model(torch.tensor([req.prompt_ids], device=self.device), prefill,
                                 last_only=True)[0, -1].float()
@@ -306,8 +308,8 @@ class Engine:
         req, p = run.req, run.req.params
         raw = logits
         logits = apply_penalties(logits, torch.tensor(run.history), p)
-        if run.json is not None:
-            logits = run.json.mask(logits, self.stop_ids)
+        if run.constraint is not None:
+            logits = run.constraint.mask(logits, self.stop_ids)
         token = sample_row(logits, p, run.gen)
         if req.first_token is None:
             req.first_token = time.perf_counter()
@@ -317,8 +319,8 @@ class Engine:
             self._finish(run, "stop")
             return
         run.history.append(token)
-        if run.json is not None:
-            run.json.advance(token)
+        if run.constraint is not None:
+            run.constraint.advance(token)
         delta = run.stream.push(token)
         req.token_ids, req.text = run.stream.token_ids, run.stream.text
         if run.stream.stopped:
@@ -344,9 +346,9 @@ class Engine:
 
     def _finish(self, run: _Running, reason: str, delta: str = "") -> None:
         req = run.req
-        if run.json is not None and reason in ("stop", "length") and not run.json.complete:
+        if run.constraint is not None and reason in ("stop", "length") and not run.constraint.complete:
             # the answer must parse: close what is open (with a stop string, on what was kept)
-            closing = run.json.closing()
+            closing = run.constraint.closing()
             run.stream.text += closing
         req.text = run.stream.text
         delta += run.stream.flush()
