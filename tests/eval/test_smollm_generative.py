@@ -56,7 +56,7 @@ def test_gsm8k_and_humaneval_end_to_end(smollm, mai_run):
     assert "strict_match" in stdout and "pass@1" in stdout
 
 
-def test_gsm8k_greedy_answers_equal_lm_eval_hf(smollm, mai_run, tmp_path, monkeypatch):
+def test_gsm8k_greedy_answers_equal_lm_eval_hf(smollm_hf, mai_run, tmp_path, monkeypatch):
     lm_eval = pytest.importorskip("lm_eval")
     pytest.importorskip("gguf")
     import torch
@@ -69,9 +69,7 @@ def test_gsm8k_greedy_answers_equal_lm_eval_hf(smollm, mai_run, tmp_path, monkey
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        res = lm_eval.simple_evaluate(model="hf", tasks=[name], batch_size=1, device="cpu",
-                                      model_args={"pretrained": str(smollm.parent), "gguf_file": smollm.name,
-                                                  "dtype": "float32"},
+        res = lm_eval.simple_evaluate(model=smollm_hf(1), tasks=[name], device="cpu",
                                       gen_kwargs=f"max_gen_toks={TOKENS}", log_samples=True,
                                       task_manager=TaskManager(include_path=str(tmp_path)))
     finally:

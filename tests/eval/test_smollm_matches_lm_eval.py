@@ -21,7 +21,7 @@ NAMES = ["hellaswag", "arc_easy", "piqa"]
 
 
 @pytest.fixture(scope="module")
-def lm_eval_results(smollm, benchdata, tmp_path_factory):
+def lm_eval_results(smollm, smollm_hf, benchdata, tmp_path_factory):
     import os
 
     from lm_eval.tasks import TaskManager
@@ -32,11 +32,10 @@ def lm_eval_results(smollm, benchdata, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tasks")
     names = write_local_tasks(NAMES, folder, limit=N)
     out = {}
-    hf_args = {"pretrained": str(smollm.parent), "gguf_file": smollm.name, "dtype": "float32"}
-    for model, args in [("hf", hf_args), ("mai", {"pretrained": str(smollm)})]:
-        out[model] = lm_eval.simple_evaluate(model=model, model_args=args, tasks=names, batch_size=8,
-                                             device="cpu", task_manager=TaskManager(include_path=str(folder)),
-                                             log_samples=True)
+    for key, model, args in [("hf", smollm_hf(8), None), ("mai", "mai", {"pretrained": str(smollm)})]:
+        out[key] = lm_eval.simple_evaluate(model=model, model_args=args, tasks=names, batch_size=8,
+                                           device="cpu", task_manager=TaskManager(include_path=str(folder)),
+                                           log_samples=True)
     return out
 
 
@@ -65,7 +64,7 @@ def test_mai_adapter_in_lm_eval_equals_hf(lm_eval_results):
         assert a["acc,none"] == b["acc,none"] and a["acc_norm,none"] == b["acc_norm,none"]
 
 
-def test_few_shot_prefix_shared_across_questions_scores_as_lm_eval(smollm, benchdata, tmp_path):
+def test_few_shot_prefix_shared_across_questions_scores_as_lm_eval(smollm, smollm_hf, benchdata, tmp_path):
     """MMLU 5-shot: the questions of a subject share their five solved examples, which mai runs once per
     subject; every choice's log-likelihood still equals lm-eval's, which runs each question whole."""
     import os
@@ -75,9 +74,7 @@ def test_few_shot_prefix_shared_across_questions_scores_as_lm_eval(smollm, bench
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     write_local_tasks(["mmlu_5shot"], tmp_path, limit=4)
     subjects = ["astronomy", "virology"]
-    res = lm_eval.simple_evaluate(model="hf", tasks=[f"mai_mmlu_5shot_{s}" for s in subjects], batch_size=8,
-                                  model_args={"pretrained": str(smollm.parent), "gguf_file": smollm.name,
-                                              "dtype": "float32"},
+    res = lm_eval.simple_evaluate(model=smollm_hf(8), tasks=[f"mai_mmlu_5shot_{s}" for s in subjects],
                                   device="cpu", task_manager=TaskManager(include_path=str(tmp_path)),
                                   log_samples=True)
     loaded = load_model(smollm)
