@@ -11,7 +11,8 @@ or by URL for WARC input): how many each keeps and how many both keep.
 Input: the default corpus (10,033 Wikipedia intros) as JSONL, or with ``--warc`` real web archives: the
 WARC files of pywb's test suite (captures of iana.org, example.com … from its sdist), each copied
 ``--copies`` times under other names (so the dedup steps see real duplicates), read with each side's own
-WARC reader and trafilatura extraction, plus C4's bad-words rule (better-profanity's list on both sides).
+WARC reader and extractor (MAI: ``--extractor``, resiliparse by default; datatrove: trafilatura, the only
+extractor it ships), plus C4's bad-words rule (better-profanity's list on both sides).
 
     python benchmarks/data_throughput.py [--rounds 3] [--limit N] 2>datatrove.log
     python benchmarks/data_throughput.py --warc [--copies 20] [--rounds 3] 2>datatrove.log
@@ -80,13 +81,14 @@ def mai_filters(warc: bool) -> list[dict]:
 
 
 FAST_EXTRACT: list[bool] = [False]  # --fast-extract: trafilatura's fast mode (no fallback) on both sides
+EXTRACTOR: list[str] = ["resiliparse"]  # --extractor: MAI's HTML extractor
 
 
 def run_mai(inp: Path, work: Path, tokenizer: Path, warc: bool) -> dict:
     from mai.data.pipeline import InputConfig, PipelineSpec, TokenizeConfig, run_pipeline
     from mai.data.pipeline.files import read_jsonl
 
-    extract = {"fallback": not FAST_EXTRACT[0]}
+    extract = {"fallback": not FAST_EXTRACT[0], "engine": EXTRACTOR[0]}
     source = InputConfig(source="web", reader="warc", paths=[str(inp / "*.warc.gz")],
                          extract=extract) if warc else \
         InputConfig(source="web", reader="jsonl", paths=[str(inp / "*.jsonl")])
@@ -206,8 +208,11 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=20, help="--warc: copies of each archive")
     parser.add_argument("--fast-extract", action="store_true",
                         help="--warc: trafilatura's fast mode (no fallback extractors) on both sides")
+    parser.add_argument("--extractor", choices=["resiliparse", "trafilatura"], default="resiliparse",
+                        help="--warc: MAI's extractor (datatrove always uses trafilatura)")
     args = parser.parse_args()
     FAST_EXTRACT[0] = args.fast_extract
+    EXTRACTOR[0] = args.extractor
 
     from mai.data.corpus import default_corpus
     from mai.tokenizer import train_tokenizer
@@ -235,7 +240,8 @@ def main() -> None:
                 print(f"{TAG} round {r} {name:<9} {res['seconds']:7.2f} s wall, {res['cpu']:7.2f} s CPU  "
                       f"kept {res['kept']:,} documents, {res['tokens']:,} tokens", flush=True)
         print(f"\n{TAG} machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end")
-        print(f"{TAG} input {n_units:,} {unit}, {n_bytes / 1e6:.2f} MB; one process per side")
+        print(f"{TAG} input {n_units:,} {unit}, {n_bytes / 1e6:.2f} MB; one process per side"
+              + (f"; extractors: MAI {EXTRACTOR[0]}, datatrove trafilatura" if args.warc else ""))
         med = {k: statistics.median(x["seconds"] for x in v) for k, v in results.items()}
         print(f"{'':<10} {'median s':>9} {unit + '/s/core':>16} {'MB/s/core':>10} {'kept':>7}")
         for name in ("mai", "datatrove"):

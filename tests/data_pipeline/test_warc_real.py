@@ -136,3 +136,28 @@ def test_extraction_options_are_checked(tmp_path: Path, bad: dict) -> None:
 
     with pytest.raises(MaiError):
         from_dict(InputConfig, {"source": "w", "reader": "warc", "extract": bad}, "inputs[0]")
+
+
+def test_resiliparse_engine_on_real_pages(tmp_path: Path, wiki: list[str]) -> None:
+    """The fast extractor keeps an article's prose without its menus and footer, on a page of the project's
+    own making and on pywb's real captures, where it finds the pages trafilatura finds; ``tables: none``
+    skips layout tables there too."""
+    pytest.importorskip("resiliparse")
+    from tests.data_pipeline.conftest import html_page
+
+    article = wiki[0].split("\n\n")
+    prose = [t.split("\n\n")[1] for t in wiki[1:4]]
+    layout = "<html><body><table>" + "".join(f"<tr><td>{p}</td></tr>" for p in prose) + "</table></body></html>"
+    utf8 = "text/html; charset=utf-8"
+    _warc(tmp_path / "pages.warc.gz", [("http://article.example.org/", html_page("A", article).encode(), utf8),
+                                       ("http://layout.example.org/", layout.encode(), utf8)])
+    (tmp_path / "iana.warc.gz").write_bytes(member(PYWB, f"{WARCS}/iana.warc.gz"))
+    paths = [str(tmp_path / "*.warc.gz")]
+    fast = {d["metadata"]["url"]: d["text"] for d in _docs(_run(tmp_path, paths, {"engine": "resiliparse"}))}
+    text = fast["http://article.example.org/"]
+    assert all(p in text for p in article) and "All rights reserved" not in text and "Log in" not in text
+    assert all(p in fast["http://layout.example.org/"] for p in prose)
+    careful = {d["metadata"]["url"] for d in _docs(_run(tmp_path, paths, work="trafilatura"))}
+    assert {u for u in fast if "iana.org" in u} >= {u for u in careful if "iana.org" in u}
+    none = _run(tmp_path, paths, {"engine": "resiliparse", "tables": "none"}, work="none")
+    assert "http://layout.example.org/" not in {d["metadata"]["url"] for d in _docs(none)}
