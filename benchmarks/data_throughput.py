@@ -12,7 +12,8 @@ Input: the default corpus (10,033 Wikipedia intros) as JSONL, or with ``--warc``
 WARC files of pywb's test suite (captures of iana.org, example.com … from its sdist), each copied
 ``--copies`` times under other names (so the dedup steps see real duplicates), read with each side's own
 WARC reader and extractor (MAI: ``--extractor``, resiliparse by default; datatrove: trafilatura, the only
-extractor it ships), plus C4's bad-words rule (better-profanity's list on both sides).
+extractor it ships), plus C4's bad-words rule (better-profanity's list on both sides); MAI also runs its URL
+blocklist and model-based quality classifier there (see :func:`mai_filters`).
 
     python benchmarks/data_throughput.py [--rounds 3] [--limit N] 2>datatrove.log
     python benchmarks/data_throughput.py --warc [--copies 20] [--rounds 3] 2>datatrove.log
@@ -74,10 +75,33 @@ def write_warc_input(folder: Path, copies: int) -> tuple[int, int]:
     return len(data) * copies, sum(map(len, data.values())) * copies
 
 
-def mai_filters(warc: bool) -> list[dict]:
+def mai_filters(warc: bool, root: Path) -> list[dict]:
     steps = [{"type": "langid"}, {"type": "gopher_repetition"}, {"type": "gopher_quality"},
              {"type": "c4", "drop_lines_without_terminal_punct": False}, {"type": "fineweb"}]
-    return [*steps, BAD_WORDS] if warc else steps
+    if not warc:
+        return steps
+    # MAI's other added filters run on its side only (datatrove's would need models and lists of their own),
+    # so they only add to MAI's time: a URL blocklist, and the model-based quality classifier scoring every
+    # document with min_score 0 (it removes nothing, so later steps see the documents datatrove's see).
+    return [{"type": "url_filter", "domains_file": str(root / "blocklist.txt")}, *steps, BAD_WORDS,
+            {"type": "quality", "model": str(root / "quality"), "min_score": 0.0}]
+
+
+def write_mai_models(root: Path) -> None:
+    """A 1,000-domain blocklist and a quality classifier trained on Wikipedia intros (good) against the
+    same words shuffled (bad): the sizes of real ones, for timing."""
+    import random
+
+    from mai.data.corpus import default_corpus
+    from mai.data.pipeline.quality import QualityTrainConfig, train_fasttext
+
+    (root / "blocklist.txt").write_text("".join(f"blocked-{i}.example\n" for i in range(1000)))
+    rng = random.Random(0)
+    good = list(default_corpus(500))
+    bad = [" ".join(rng.sample(t.split(), len(t.split()))) for t in good]
+    cfg = QualityTrainConfig(inputs=[], out_dir=str(root / "quality"))
+    (root / "quality").mkdir()
+    train_fasttext(good + bad, [1] * len(good) + [0] * len(bad), cfg).save(root / "quality" / "model.npz")
 
 
 FAST_EXTRACT: list[bool] = [False]  # --fast-extract: trafilatura's fast mode (no fallback) on both sides
@@ -94,7 +118,7 @@ def run_mai(inp: Path, work: Path, tokenizer: Path, warc: bool) -> dict:
         InputConfig(source="web", reader="jsonl", paths=[str(inp / "*.jsonl")])
     spec = PipelineSpec(
         name="bench", work_dir=str(work / "work"), workers=1, inputs=[source],
-        steps=[*mai_filters(warc), {"type": "minhash_dedup"}],
+        steps=[*mai_filters(warc, work.parent), {"type": "minhash_dedup"}],
         tokenize=TokenizeConfig(tokenizer=str(tokenizer), out_dir=str(work / "tokens"), val_fraction=0.0))
     start = time.perf_counter()
     report = run_pipeline(spec, log=None)
@@ -226,6 +250,7 @@ def main() -> None:
             n_units, n_bytes = write_input(root / "input", args.limit, shards=4)
             unit = "documents"
         train_tokenizer(default_corpus(2000), 8192, root / "tokenizer")
+        write_mai_models(root)
         print(f"{time.strftime('%Y-%m-%d %H:%M')}; load average {os.getloadavg()[0]:.1f} at the start",
               flush=True)
         results: dict[str, list[dict]] = {"mai": [], "datatrove": []}
