@@ -5,7 +5,8 @@
 or, from Python, ``import mai.eval.lm_eval_adapter`` then ``lm_eval.simple_evaluate(model="mai", ...)``.
 Log-likelihoods come from :class:`mai.eval.scoring.LoglikScorer` (lm-eval's tokenization, shared-context
 batching), rolling log-likelihoods from :mod:`mai.eval.perplexity`, generation from mai's greedy or
-sampled decoder with lm-eval's ``until`` strings as stop sequences.
+sampled decoding on mai's engine with lm-eval's ``until`` strings as stop sequences, every request of a
+``generate_until`` call submitted at once and decoded as one continuous batch.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import sys
 from typing import Any
 
 import lm_eval.models  # noqa: F401  (registers the built-in models before ours)
-import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from mai.eval.generation import generate
 from mai.eval.perplexity import score_tokens
 from mai.eval.scoring import LoglikScorer
-from mai.infer.generate import Generation
+from mai.infer.engine import Engine
 from mai.infer.sampling import SamplingParams
 
 
@@ -51,17 +52,17 @@ class MaiLM(LM):
         return out
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        out = []
+        prompts, params = [], []
         for r in requests:
             context, kwargs = r.args
             until = kwargs.get("until") or []
-            params = SamplingParams(max_tokens=int(kwargs.get("max_gen_toks", 256)),
-                                    temperature=float(kwargs.get("temperature", 0.0)),
-                                    stop=[until] if isinstance(until, str) else list(until))
-            prompt = self.tok.encode(context)[-(self.model.cfg.max_seq_len - 1):]
-            with torch.no_grad():
-                out.append(Generation(self.model, self.tok.decode, prompt, params, [self.tok.eos_id]).run())
-        return out
+            params.append(SamplingParams(max_tokens=int(kwargs.get("max_gen_toks", 256)),
+                                         temperature=float(kwargs.get("temperature", 0.0)),
+                                         stop=[until] if isinstance(until, str) else list(until)))
+            prompts.append(self.tok.encode(context)[-(self.model.cfg.max_seq_len - 1):])
+        if not prompts:
+            return []
+        return generate(Engine(self.model, self.tok.decode, [self.tok.eos_id]), prompts, params)
 
 
 if __name__ == "__main__":  # lm-eval's own command line, with the "mai" model registered

@@ -24,7 +24,7 @@ import torch
 
 from mai.eval.token_tree import PrefixGroup, Row, share_prefixes, tree_mask
 from mai.infer.onednn_linear import use_onednn_linears
-from mai.model.transformer import Transformer
+from mai.model.transformer import Transformer, masked_attention
 from mai.tokenizer import MaiTokenizer
 
 PrefixKV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -39,15 +39,12 @@ class _PackedMask:
     def __init__(self, mask: torch.Tensor, prefix: PrefixKV | None = None) -> None:
         self.mask, self.prefix = mask, prefix
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.prefix:
-            return k, v
-        pk, pv = self.prefix[layer]
-        b = k.shape[0]
-        return torch.cat([pk.expand(b, -1, -1, -1), k], 2), torch.cat([pv.expand(b, -1, -1, -1), v], 2)
-
-    def attn_mask(self, t: int) -> torch.Tensor:
-        return self.mask
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.prefix:
+            pk, pv = self.prefix[layer]
+            b = k.shape[0]
+            k, v = torch.cat([pk.expand(b, -1, -1, -1), k], 2), torch.cat([pv.expand(b, -1, -1, -1), v], 2)
+        return masked_attention(q, k, v, self.mask)
 
     def advance(self, t: int) -> None:
         pass
@@ -62,12 +59,9 @@ class _PrefixRecorder:
     def __init__(self) -> None:
         self.kv: PrefixKV = []
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         self.kv.append((k, v))
-        return k, v
-
-    def attn_mask(self, t: int) -> None:
-        return None
+        return masked_attention(q, k, v, None)
 
     def advance(self, t: int) -> None:
         pass

@@ -1,90 +1,129 @@
-"""The batched engine's KV cache: one row per running sequence, each at its own length.
+"""The engine's paged KV cache: one preallocated pool of token slots per layer, addressed by block tables.
 
-Rows are kept compact (running sequences occupy rows 0..n-1), so a decode step reads plain slices and
-never gathers. A sequence joins by copying in the keys/values of its own prefill, and leaves by moving
-the last row into its place. Storage grows (doubling) in rows and positions as needed.
-It offers the ``update`` / ``attn_mask`` / ``advance`` methods the model calls on a cache.
+Slot ``b * block_size + i`` holds position ``i`` of block ``b`` (blocks are handed out by
+:class:`mai.infer.blocks.BlockManager`). One engine step feeds a flat batch — a single row of N tokens:
+first one token of each decoding request, then the prefill chunks — so the model's linear layers see
+every token of the step in one matrix product. Attention is where sequences differ, and the cache does it
+(the model's :class:`~mai.model.transformer.AttentionCache` protocol): it writes the step's keys and
+values to their slots, then
+
+* the one-token rows attend together: their slots are gathered into a padded [rows, width] table, one
+  SDPA call with a padding mask;
+* each multi-token chunk attends alone, causally, over its earlier slots and its own new keys (a chunk
+  from position 0 skips the gather and uses its fresh keys directly).
+
+Padding reads the reserved zeroed block 0, never a stale slot (whose values could be anything).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
 import torch
 
 from mai.model.config import ModelConfig
-from mai.model.transformer import KVCache
+from mai.model.transformer import masked_attention
 
 
-class RowKVCache:
-    def __init__(self, cfg: ModelConfig, max_len: int, device=None, dtype=torch.float32,
-                 rows: int = 4, positions: int = 256):
-        self.cfg, self.max_len, self.device, self.dtype = cfg, max_len, device, dtype
-        self.k: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
-        self.lengths = torch.zeros(0, dtype=torch.long, device=device)
-        self._mask: torch.Tensor | None = None
-        self._alloc(rows, min(positions, max_len))
+@dataclass
+class Chunk:
+    """A multi-token piece of one sequence in the flat batch: tokens [start, end) at positions
+    [past, past + end - start), which see ``slots`` (positions 0 .. past + end - start - 1)."""
 
-    @property
-    def n_rows(self) -> int:
-        return self.lengths.shape[0]
+    start: int
+    end: int
+    past: int
+    slots: torch.Tensor
 
-    def _alloc(self, rows: int, positions: int) -> None:
-        shape = (rows, self.cfg.n_kv_heads, positions, self.cfg.head_dim)
-        new_k = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.cfg.n_layers)]
-        new_v = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.cfg.n_layers)]
-        for old, new in zip(self.k + self.v, new_k + new_v, strict=False):  # nothing to copy at first
-            new[: old.shape[0], :, : old.shape[2]] = old
-        self.k, self.v = new_k, new_v
 
-    def _ensure(self, rows: int, positions: int) -> None:
-        cap_rows, cap_pos = self.k[0].shape[0], self.k[0].shape[2]
-        if rows > cap_rows or positions > cap_pos:
-            self._alloc(max(rows, 2 * cap_rows) if rows > cap_rows else cap_rows,
-                        min(max(positions, 2 * cap_pos), self.max_len) if positions > cap_pos else cap_pos)
+@dataclass
+class StepLayout:
+    """Where this step's tokens are written and what each sees; built by :func:`layout`."""
 
-    def add_row(self, prefill: KVCache) -> int:
-        """Append a sequence whose prompt was run through ``prefill`` (one row); returns its row."""
-        row, n = self.n_rows, prefill.length
-        self._ensure(row + 1, n + 1)
-        for layer in range(self.cfg.n_layers):
-            self.k[layer][row, :, :n] = prefill.k[layer][0, :, :n]
-            self.v[layer][row, :, :n] = prefill.v[layer][0, :, :n]
-        self.lengths = torch.cat([self.lengths, torch.tensor([n], device=self.device)])
-        return row
+    write: torch.Tensor  # [N] slot of every token of the flat batch
+    rows: int  # the first ``rows`` tokens are one-token rows (decoding requests)
+    row_slots: torch.Tensor  # [rows, width] their key slots, padded with slot 0
+    row_mask: torch.Tensor  # [rows, 1, 1, width] which of those are real
+    chunks: list[Chunk] = field(default_factory=list)
 
-    def remove_row(self, row: int) -> int | None:
-        """Drop ``row``; the last row moves into its place. Returns the moved row's old index (or None)."""
-        last = self.n_rows - 1
-        if row != last:
-            n = int(self.lengths[last])
-            for layer in range(self.cfg.n_layers):
-                self.k[layer][row, :, :n] = self.k[layer][last, :, :n]
-                self.v[layer][row, :, :n] = self.v[layer][last, :, :n]
-            self.lengths[row] = self.lengths[last]
-        self.lengths = self.lengths[:last].clone()
-        return last if row != last else None
 
-    def positions(self, t: int) -> torch.Tensor:
-        """Positions [rows, t] of the next ``t`` tokens of every row."""
-        return self.lengths[:, None] + torch.arange(t, device=self.device)
+def block_slots(blocks: Sequence[int], n: int, block_size: int) -> torch.Tensor:
+    """Slots [n] of positions 0 .. n-1 of a sequence whose block table is ``blocks``."""
+    table = torch.tensor(blocks[: -(-n // block_size)], dtype=torch.long)
+    return (table[:, None] * block_size + torch.arange(block_size)).reshape(-1)[:n]
 
-    # --- the cache protocol the model uses -------------------------------------------------------
-    def attn_mask(self, t: int) -> torch.Tensor:
-        """[rows, 1, t, L]: each new token sees its row's past and the new tokens up to itself."""
-        end = int(self.lengths.max()) + t
-        self._ensure(self.n_rows, end)
-        key_pos = torch.arange(end, device=self.device)
-        self._mask = key_pos[None, None, None, :] <= self.positions(t)[:, None, :, None]
-        return self._mask
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.arange(self.n_rows, device=self.device)[:, None]
-        pos = self.positions(k.shape[2])
-        self.k[layer][rows, :, pos] = k.transpose(1, 2)
-        self.v[layer][rows, :, pos] = v.transpose(1, 2)
-        end = self._mask.shape[-1] if self._mask is not None else int(pos.max()) + 1
-        return self.k[layer][: self.n_rows, :, :end], self.v[layer][: self.n_rows, :, :end]
+def layout(rows: Sequence[tuple[Sequence[int], int]], chunks: Sequence[tuple[Sequence[int], int, int]],
+           block_size: int, device=None, width: int | None = None) -> StepLayout:
+    """The layout of a step. ``rows``: (block table, context length including the fed token) of each
+    one-token row; ``chunks``: (block table, past, new tokens) of each multi-token piece. ``width`` pads
+    the rows' table to a fixed size (static shapes for a compiled step); rows of length 0 are padding
+    and use slot 0 only."""
+    n_rows = len(rows)
+    lengths = torch.tensor([n for _, n in rows], dtype=torch.long)
+    cols = max((len(b) for b, _ in rows), default=1)
+    if width is not None:
+        cols = -(-width // block_size)
+    table = torch.zeros(n_rows, cols, dtype=torch.long)
+    for i, (blocks, _) in enumerate(rows):
+        table[i, : len(blocks)] = torch.tensor(blocks, dtype=torch.long)
+    slots = (table[:, :, None] * block_size + torch.arange(block_size)).reshape(n_rows, cols * block_size)
+    valid = torch.arange(cols * block_size)[None, :] < lengths.clamp(min=1)[:, None]
+    slots = torch.where(valid, slots, 0)
+    write = [slots[torch.arange(n_rows), (lengths - 1).clamp(min=0)]]
+    pieces, start = [], n_rows
+    for blocks, past, t in chunks:
+        seen = block_slots(blocks, past + t, block_size)
+        write.append(seen[past:])
+        pieces.append(Chunk(start, start + t, past, seen.to(device)))
+        start += t
+    return StepLayout(torch.cat(write).to(device), n_rows, slots.to(device),
+                      valid[:, None, None, :].to(device), pieces)
+
+
+class PagedKVCache:
+    """Keys and values of every layer in ``num_blocks`` blocks of ``block_size`` slots; the engine sets
+    :attr:`layout` before each step."""
+
+    length = 0  # the engine always passes explicit positions
+
+    def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, device=None,
+                 dtype=torch.float32):
+        shape = (num_blocks * block_size, cfg.n_kv_heads, cfg.head_dim)
+        # empty, not zeros: untouched pages of a large pool cost no memory; block 0 is zeroed for padding
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        for pool in self.k + self.v:
+            pool[:block_size].zero_()
+        self.block_size = block_size
+        self.layout: StepLayout | None = None
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``q``/``k``/``v`` are [1, heads, N, hd] for the N tokens of the flat batch."""
+        lay = self.layout
+        assert lay is not None, "the engine sets the step's layout before running the model"
+        k_pool, v_pool = self.k[layer], self.v[layer]
+        k_pool.index_copy_(0, lay.write, k[0].transpose(0, 1))
+        v_pool.index_copy_(0, lay.write, v[0].transpose(0, 1))
+        out = []
+        if lay.rows:
+            rows_q = q[0, :, : lay.rows].transpose(0, 1).unsqueeze(2)  # [rows, heads, 1, hd]
+            keys = k_pool[lay.row_slots].transpose(1, 2)  # [rows, kv heads, width, hd]
+            values = v_pool[lay.row_slots].transpose(1, 2)
+            y = masked_attention(rows_q, keys, values, lay.row_mask)
+            out.append(y.squeeze(2).transpose(0, 1).unsqueeze(0))  # [1, heads, rows, hd]
+        for c in lay.chunks:
+            cq = q[:, :, c.start : c.end]
+            if c.past == 0:
+                out.append(masked_attention(cq, k[:, :, c.start : c.end], v[:, :, c.start : c.end], None))
+                continue
+            keys = k_pool[c.slots].transpose(0, 1).unsqueeze(0)  # [1, kv heads, past + t, hd]
+            values = v_pool[c.slots].transpose(0, 1).unsqueeze(0)
+            t = c.end - c.start
+            mask = torch.ones(t, c.past + t, dtype=torch.bool, device=q.device).tril(c.past)
+            out.append(masked_attention(cq, keys, values, mask))
+        return out[0] if len(out) == 1 else torch.cat(out, dim=2)
 
     def advance(self, t: int) -> None:
-        self.lengths += t
-        self._mask = None
+        pass  # positions and lengths are the engine's bookkeeping

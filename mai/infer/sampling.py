@@ -12,6 +12,7 @@ odd settings must never raise inside the shared engine step, where they would fa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -35,6 +36,9 @@ class SamplingParams:
     top_logprobs: int = 0  # and this many most likely alternatives (0..20)
     json_object: bool = False  # constrain the output to one JSON object (OpenAI's response_format)
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id → added to its logit (OpenAI's)
+    # a compiled grammar (``xgrammar.CompiledGrammar``, mai.infer.grammar) the output must follow: a JSON
+    # schema or a tool call; compiled by the caller, so that a bad schema is the caller's error
+    grammar: Any = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -79,18 +83,19 @@ def apply_penalties(logits: torch.Tensor, history: torch.Tensor, p: SamplingPara
     return logits
 
 
-def sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:
-    """One token id from a 1-D float32 logits row (penalties already applied).
+def token_probs(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor | None:
+    """The distribution a token is drawn from (after temperature, top-k and top-p), from a 1-D float32
+    logits row with penalties applied; None when the choice is the most likely token (greedy, or a
+    distribution that cannot be used).
 
     NaN logits count as impossible and +inf as the largest float; the logits are shifted so that their
     maximum is 0 before dividing by the temperature (a tiny temperature then gives -inf, never NaN); the
-    most likely token always survives top-k and top-p. Should the distribution still be unusable, the
-    most likely token is taken rather than raising.
+    most likely token always survives top-k and top-p.
     """
     logits = torch.nan_to_num(logits, nan=float("-inf"), posinf=torch.finfo(logits.dtype).max)
     best = int(logits.argmax())
     if p.temperature == 0 or not torch.isfinite(logits[best]):
-        return best
+        return None
     logits = (logits - logits[best]) / p.temperature
     if p.top_k and p.top_k < logits.shape[-1]:
         kth = torch.topk(logits, p.top_k).values[-1]
@@ -105,5 +110,18 @@ def sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) ->
         sorted_probs[drop] = 0.0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
     if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0.0:
-        return best
+        return None
+    return probs
+
+
+def greedy_token(logits: torch.Tensor) -> int:
+    return int(torch.nan_to_num(logits, nan=float("-inf")).argmax())
+
+
+def sample_row(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator) -> int:
+    """One token id from a 1-D float32 logits row (penalties already applied): a draw from
+    :func:`token_probs`, or the most likely token rather than raising when there is no distribution."""
+    probs = token_probs(logits, p)
+    if probs is None:
+        return greedy_token(logits)
     return int(torch.multinomial(probs, 1, generator=gen))

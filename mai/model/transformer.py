@@ -4,12 +4,13 @@ Token embedding → n × [RMSNorm → grouped-query attention with rotary positi
 RMSNorm → SwiGLU MLP → residual] → RMSNorm → output head. No biases by default (Qwen2's q/k/v biases
 and Qwen3's per-head q/k norms are options for imported models); optional tied embeddings.
 Parallelism, compilation, mixed precision and checkpointing are applied from outside (mai/parallel,
-mai/train); generation passes a :class:`KVCache` to reuse past keys and values.
+mai/train); generation passes a cache (:class:`AttentionCache`) that keeps past keys and values.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -59,11 +60,39 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return rotated.mul_(sin).addcmul_(x, cos)
 
 
+class AttentionCache(Protocol):
+    """The one interface between the model and any KV cache: the model hands each layer's new queries,
+    keys and values to the cache, which stores the keys/values and returns the attention output — so a
+    cache decides what every token sees (one shared length, rows at different lengths, blocks of a paged
+    pool: :mod:`mai.infer.kv_cache`) and the model knows nothing of the layout. ``length`` is the next
+    position when the caller passes no explicit positions."""
+
+    length: int
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store ``k``/``v`` [B, kv heads, T, hd] of ``layer``; return attention [B, heads, T, hd]."""
+        ...
+
+    def advance(self, t: int) -> None:
+        """``t`` tokens went through every layer."""
+        ...
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     mask: torch.Tensor | None) -> torch.Tensor:
+    """SDPA of ``q`` over ``k``/``v`` (grouped queries allowed) under ``mask``; None means causal from
+    position 0 (or one token that sees everything)."""
+    gqa = k.shape[1] != q.shape[1]
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
 class KVCache:
     """Past keys and values for every layer, filled left to right; ``length`` is the next position.
 
-    All rows share one length. Caches whose rows differ (the batched engine's, ``mai.infer.kv_cache``)
-    provide the same three methods and return their own attention mask.
+    All rows share one length: a single sequence or equal rows (a draft model's cache, the engine's
+    one-token probe). The serving engine's paged cache is :mod:`mai.infer.kv_cache`.
     """
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
@@ -87,6 +116,10 @@ class KVCache:
         if self.length == 0 or t == 1:
             return None
         return torch.ones(t, self.length + t, dtype=torch.bool, device=self.k[0].device).tril(self.length)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        mask = self.attn_mask(q.shape[2])
+        return masked_attention(q, *self.update(layer, k, v), mask)
 
     def advance(self, t: int) -> None:
         self.length += t
@@ -115,7 +148,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None):
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: AttentionCache | None):
         b, t, _ = x.shape
         # -1 instead of the head count lets tensor parallelism shard heads without touching this code.
         q = self.wq(x).view(b, t, -1, self.head_dim).transpose(1, 2)
@@ -124,17 +157,12 @@ class Attention(nn.Module):
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        mask = None
         if cache is not None:
-            mask = cache.attn_mask(t)
-            k, v = cache.update(self.layer, k, v)
-        gqa = k.shape[1] != q.shape[1]
-        if mask is None and t > 1 and _explicit_attention(q):
+            y = cache.attend(self.layer, q, k, v)
+        elif t > 1 and _explicit_attention(q):
             y = causal_attention(q, k, v)
-        elif mask is None:  # causal from position 0 (training, prefill), or one token that sees all the past
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, enable_gqa=gqa)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        else:  # causal from position 0 (training, scoring)
+            y = masked_attention(q, k, v, None)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -249,20 +277,24 @@ class Transformer(nn.Module):
             self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta, device, self.cfg
         )
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None,
-                positions: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: AttentionCache | None = None,
+                positions: torch.Tensor | None = None, last_only: bool = False,
+                logits_at: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, vocab] for ``tokens`` [B, T] placed after ``cache.length`` earlier tokens, or at
         ``positions`` [B, T] when rows stand at different positions (the batched engine). ``last_only``
         gives [B, 1, vocab] for the last position, all that generation needs (it skips the output head's
-        work on the rest of a prompt)."""
+        work on the rest of a prompt); ``logits_at`` [S] gives [B, S, vocab] at those indices only (the
+        engine's flat batch of many requests, where each samples after its own last token)."""
         h = self.hidden(tokens, cache, positions)
+        if logits_at is not None:
+            return self.head(h[:, logits_at])
         return self.head(h[:, -1:] if last_only else h)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Logits from final hidden states: the last norm and the output projection."""
         return self.output(self.norm(h))
 
-    def hidden(self, tokens: torch.Tensor, cache: KVCache | None = None,
+    def hidden(self, tokens: torch.Tensor, cache: AttentionCache | None = None,
                positions: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states [B, T, d] after the last block, before :meth:`head` — for callers that need logits
         at a few positions only (benchmark scoring), where the output head dominates the cost."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -26,8 +27,29 @@ class Metrics:
         self.requests = Counter("mai_requests", "Finished requests", ["model", "finish_reason"], registry=r)
         self.running = Gauge("mai_num_requests_running", "Requests in the running batch", m, registry=r)
         self.waiting = Gauge("mai_num_requests_waiting", "Requests queued", m, registry=r)
+        self.engine_gauges = {  # EngineStats field → gauge (mai.infer.engine.Engine.stats)
+            "total_blocks": Gauge("mai_kv_cache_blocks_total", "KV cache blocks of 16 tokens", m, registry=r),
+            "free_blocks": Gauge("mai_kv_cache_blocks_free", "KV cache blocks free or evictable", m,
+                                 registry=r),
+            "prefix_queried_tokens": Gauge("mai_prefix_cache_queries_tokens",
+                                           "Prompt tokens looked up in the prefix cache", m, registry=r),
+            "prefix_hit_tokens": Gauge("mai_prefix_cache_hits_tokens", "Prompt tokens served from the prefix "
+                                       "cache", m, registry=r),
+            "preemptions": Gauge("mai_num_preemptions", "Requests preempted for want of KV blocks", m,
+                                 registry=r),
+            "draft_tokens": Gauge("mai_spec_decode_num_draft_tokens", "Speculative tokens proposed", m,
+                                  registry=r),
+            "accepted_tokens": Gauge("mai_spec_decode_num_accepted_tokens", "Speculative tokens accepted", m,
+                                     registry=r),
+        }
 
     def watch(self, model: str, running: Callable[[], int], waiting: Callable[[], int]) -> None:
         """Read the engine's queue sizes at scrape time."""
         self.running.labels(model).set_function(running)
         self.waiting.labels(model).set_function(waiting)
+
+    def watch_engine(self, model: str, stats: Callable[[], Any]) -> None:
+        """Read the engine's pool, prefix-cache, preemption and speculative counts (``Engine.stats``) at
+        scrape time."""
+        for name, gauge in self.engine_gauges.items():
+            gauge.labels(model).set_function(lambda name=name: getattr(stats(), name))

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from mai.errors import MaiError
+from mai.infer.blocks import BlockManager
 from mai.infer.engine import Engine, token_texts
 from mai.infer.generate import Generation
-from mai.infer.kv_cache import RowKVCache
+from mai.infer.runner import ModelRunner, StepBatch
 from mai.infer.sampling import SamplingParams
 from mai.model.config import ModelConfig
-from mai.model.transformer import KVCache, Transformer
+from mai.model.transformer import Transformer
 
 
 def tiny_model(seed=0):
@@ -26,24 +27,28 @@ def decode(ids):
     return "".join(chr(ord("a") + i % 26) if i < 52 else " " for i in ids)
 
 
-def test_row_cache_matches_single_sequence_cache():
+def test_paged_cache_step_mixes_decode_rows_and_prefill_chunks_like_single_runs():
+    """One flat step: two decoding rows (their past in scattered blocks) and two prefill chunks (one
+    from position 0, one continuing a prefix) give each token the logits of its sequence alone."""
     model = tiny_model()
-    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
-    cache = RowKVCache(model.cfg, 96, rows=1, positions=4)  # forces growth in rows and positions
+    blocks = BlockManager(14, 4)
+    runner = ModelRunner(model)
+    cache = runner.make_cache(14, 4)
+    seqs = [[1, 2, 3, 4, 5, 6], [7, 8, 9], list(range(10, 21)), list(range(30, 37))]
+    tables = [blocks.allocate(3) for _ in seqs]
     with torch.no_grad():
-        for p in prompts:
-            pre = KVCache(model.cfg, 1, len(p))
-            model(torch.tensor([p]), pre)
-            cache.add_row(pre)
-        nxt = torch.tensor([[20], [21], [22]])
-        batched = model(nxt, cache, positions=cache.positions(1))[:, -1]
-        for i, p in enumerate(prompts):
-            alone = model(torch.tensor([p + [20 + i]]))[0, -1]
-            assert torch.allclose(batched[i], alone, atol=1e-5)
-        cache.remove_row(0)  # the last row moves into row 0
-        again = model(torch.tensor([[30], [31]]), cache, positions=cache.positions(1))[:, -1]
-        ref = model(torch.tensor([prompts[2] + [22, 30]]))[0, -1]
-        assert torch.allclose(again[0], ref, atol=1e-5)
+        for seq, table in zip(seqs[:2], tables, strict=False):  # pasts of the decoding rows
+            runner.run(cache, StepBatch(seq[:-1], list(range(len(seq) - 1)), [],
+                                        [(table, 0, len(seq) - 1)], [0]))
+        runner.run(cache, StepBatch(seqs[3][:5], list(range(5)), [], [(tables[3], 0, 5)], [0]))
+        batch = StepBatch([seqs[0][-1], seqs[1][-1]] + seqs[2] + seqs[3][5:],
+                          [5, 2] + list(range(11)) + [5, 6],
+                          [(tables[0], 6), (tables[1], 3)], [(tables[2], 0, 11), (tables[3], 5, 2)],
+                          list(range(15)))
+        logits = runner.run(cache, batch)
+        refs = [model(torch.tensor([s]))[0] for s in seqs]
+    want = torch.cat([refs[0][-1:], refs[1][-1:], refs[2], refs[3][5:]])
+    assert torch.allclose(logits, want, atol=1e-5)
 
 
 def test_engine_matches_generation_and_requests_join_and_leave():

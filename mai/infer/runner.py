@@ -1,0 +1,49 @@
+"""The model runner: one engine step's flat batch through the model, logits where the step needs them.
+
+The engine describes a step as a :class:`StepBatch` (which tokens, at which positions, in which blocks);
+the runner lays it out for the paged cache, runs the model's blocks over all tokens at once and the
+output head only on the positions whose next token is sampled. :class:`ModelRunner` is plain eager
+PyTorch; :class:`mai.infer.compiled_decode.CompiledDecoder` runs decode-only steps as compiled graphs and
+everything else through this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mai.infer.kv_cache import PagedKVCache, layout
+from mai.model.transformer import Transformer
+
+
+@dataclass
+class StepBatch:
+    """One step: one-token rows first, then multi-token chunks, as a single row of tokens."""
+
+    tokens: list[int]
+    positions: list[int]
+    rows: list[tuple[Sequence[int], int]]  # (block table, context length with the fed token)
+    chunks: list[tuple[Sequence[int], int, int]]  # (block table, past tokens, new tokens)
+    logits_at: list[int]  # indices into ``tokens`` whose next-token logits are wanted
+
+
+class ModelRunner:
+    """Eager execution of a step."""
+
+    def __init__(self, model: Transformer):
+        self.model = model
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+
+    def make_cache(self, num_blocks: int, block_size: int) -> PagedKVCache:
+        return PagedKVCache(self.model.cfg, num_blocks, block_size, self.device, self.dtype)
+
+    def run(self, cache: PagedKVCache, batch: StepBatch) -> torch.Tensor:
+        """Float32 logits [len(batch.logits_at), vocab]."""
+        cache.layout = layout(batch.rows, batch.chunks, cache.block_size, self.device)
+        tokens = torch.tensor([batch.tokens], device=self.device)
+        positions = torch.tensor([batch.positions], device=self.device)
+        wanted = torch.tensor(batch.logits_at, dtype=torch.long, device=self.device)
+        return self.model(tokens, cache, positions=positions, logits_at=wanted)[0].float()
