@@ -112,9 +112,11 @@ class MaiTokenizer:
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
-    def apply_chat_template(self, messages: Sequence[dict[str, Any]],
-                            add_generation_prompt: bool = True) -> str:
-        """Render OpenAI-style ``[{"role", "content"}, ...]`` messages into the prompt text."""
+    def apply_chat_template(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
+                            tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """Render OpenAI-style ``[{"role", "content"}, ...]`` messages into the prompt text. ``tools``
+        (OpenAI's ``[{"type": "function", "function": {...}}]``) reach templates that render them, as
+        Hugging Face passes them; messages may carry ``tool_calls`` and ``tool_call_id`` the same way."""
         if not self.chat_template:
             raise MaiError("this tokenizer has no chat template "
                            "(add chat_template to its tokenizer_config.json)")
@@ -127,6 +129,7 @@ class MaiTokenizer:
         try:
             return env.from_string(self.chat_template).render(
                 messages=list(messages), add_generation_prompt=add_generation_prompt,
+                tools=list(tools) if tools is not None else None,
                 bos_token=self.bos_token or "", eos_token=self.eos_token or "",
                 pad_token=self.pad_token or "")
         except TemplateError as exc:

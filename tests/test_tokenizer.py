@@ -151,3 +151,22 @@ def test_training_errors(tmp_path: Path) -> None:
     with pytest.raises(MaiError, match="no text"):
         train_tokenizer([], 500, tmp_path)
     assert not (tmp_path / "tokenizer.json").exists()
+
+
+def test_chat_template_receives_tools(tmp_path: Path) -> None:
+    """A template that renders tools gets them, and messages' tool_calls, as Hugging Face passes them."""
+    d = _foreign(tmp_path / "tools", ["<unk>", "<|im_start|>", "<|im_end|>"])
+    template = ("{% if tools %}{% for t in tools %}[{{ t.function.name }}]{% endfor %}{{ '\n' }}{% endif %}"
+                "{% for m in messages %}{{ m.role }}: {{ m.content }}"
+                "{% for c in m.tool_calls or [] %}<{{ c.function.name }} {{ c.function.arguments | tojson }}>"
+                "{% endfor %}{{ '\n' }}{% endfor %}")
+    config = {"eos_token": "<|im_end|>", "chat_template": template}
+    (d / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = load_tokenizer(d)
+    tools = [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+    messages = [{"role": "user", "content": "time?"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"type": "function", "function": {"name": "get_time", "arguments": {"tz": "UTC"}}}]}]
+    assert tok.apply_chat_template(messages, tools=tools) == \
+        '[get_time]\nuser: time?\nassistant: <get_time {"tz": "UTC"}>\n'
+    assert tok.apply_chat_template(messages[:1]) == "user: time?\n"  # no tools: none rendered

@@ -1,5 +1,5 @@
-"""The interface between the engine's token step and an output constraint (JSON mode, a grammar, a tool
-call's argument schema).
+"""The interface between the engine's token step and an output constraint (JSON mode, a JSON schema, a
+tool call), all grammars of :mod:`mai.infer.grammar`.
 
 The engine knows only this protocol; which constraint a request gets is decided by a factory that the
 caller (the server, the CLI) builds once per model from its tokenizer, so a grammar library's per-model
@@ -13,7 +13,6 @@ from typing import Protocol
 
 import torch
 
-from mai.infer.json_mode import JsonConstraint
 from mai.infer.sampling import SamplingParams
 
 
@@ -42,11 +41,20 @@ ConstraintFactory = Callable[[SamplingParams], Constraint | None]
 
 
 def json_mode_factory(token_texts: list[str] | None) -> ConstraintFactory:
-    """OpenAI's ``json_object`` mode from the text of every token id; no constraint otherwise."""
+    """OpenAI's ``json_object`` mode for an engine given only the text of every token id (the engine's
+    default, for callers without a tokenizer-aware factory such as ``mai generate``); the grammar tables
+    are built on the first such request. The server builds its factory from the tokenizer instead
+    (:meth:`mai.infer.grammar.GrammarConstraints.for_tokenizer`), which also knows the bytes of tokens
+    that are only part of a UTF-8 character (here they read as U+FFFD, so are allowed in strings only)."""
+    built: list[ConstraintFactory] = []
 
     def make(params: SamplingParams) -> Constraint | None:
-        if params.json_object and token_texts is not None:
-            return JsonConstraint(token_texts)
-        return None
+        if token_texts is None or not (params.json_object or params.grammar is not None):
+            return None
+        if not built:
+            from mai.infer.grammar import GrammarConstraints, raw_tokenizer_info
+
+            built.append(GrammarConstraints(raw_tokenizer_info(token_texts)))
+        return built[0](params)
 
     return make

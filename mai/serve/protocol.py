@@ -29,9 +29,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from mai.errors import MaiError
+from mai.infer.grammar import GrammarConstraints
 from mai.infer.sampling import SamplingParams
 from mai.serve.catalog import Limits
 from mai.serve.errors import ApiError
+from mai.serve.tools import offers_tools, tool_format, tool_grammar
 
 MAX_STOP = 4  # OpenAI's limit on stop sequences
 MAX_STOP_CHARS = 256  # each is held back from a stream until it cannot begin there: keep them short
@@ -114,10 +117,29 @@ def _token_ids(bias: dict[str, float]) -> dict[str, float]:
 LogitBias = Annotated[dict[Text, Bias], AfterValidator(_token_ids)]
 
 
+FunctionName = Annotated[StrictStr, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]  # OpenAI's rule for names
+
+
+class CalledFunction(BaseModel):
+    name: FunctionName
+    arguments: Text  # a JSON object, as text
+
+
+class ToolCallIn(BaseModel):
+    """A call in an earlier assistant message."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: Text
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Content = None
+    tool_calls: list[ToolCallIn] | None = None  # assistant: the calls it made
+    tool_call_id: Text | None = None  # tool: the call this message answers
 
     def text(self) -> str:
         return self.content or ""
@@ -127,8 +149,53 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
+def _schema_object(value: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema must be a valid one (draft 2020-12 meta-schema), so a typo is a 400 that says where."""
+    import jsonschema
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(value)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path) or "the top level"
+        raise PydanticCustomError("json_schema", "not a valid JSON schema at {where}: {why}",
+                                  {"where": where, "why": exc.message[:200]}) from None
+    return value
+
+
+JsonSchema = Annotated[dict[str, Any], AfterValidator(_schema_object)]
+
+
+class JsonSchemaFormat(BaseModel):
+    name: FunctionName
+    description: Text | None = None
+    schema_: JsonSchema | None = Field(None, alias="schema")
+    strict: StrictBool | None = None
+
+
 class ResponseFormat(BaseModel):
-    type: Literal["text", "json_object"]
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class FunctionDefinition(BaseModel):
+    name: FunctionName
+    description: Text | None = None
+    parameters: JsonSchema | None = None
+    strict: StrictBool | None = None
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: FunctionName
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 @dataclass(frozen=True)
@@ -138,6 +205,8 @@ class ModelContext:
     prompt_tokens: int
     max_len: int  # the context served: prompt + answer
     vocab_size: int
+    grammars: GrammarConstraints | None = None  # the model's grammar compiler (structured outputs, tools)
+    chat_template: str | None = None  # picks the tool-call format
 
 
 class _Sampling(BaseModel):
@@ -170,12 +239,16 @@ class _Sampling(BaseModel):
     def json_object(self) -> bool:
         return False
 
+    def grammar(self, ctx: ModelContext) -> Any:
+        """The compiled grammar the output must follow, if any (structured outputs, tool calls)."""
+        return None
+
     def prompt_param(self) -> str:
         return "prompt"
 
     def to_sampling_params(self, limits: Limits, ctx: ModelContext) -> SamplingParams:
         """The engine's parameters for choice 0 (see :func:`for_choice`); 400 for a prompt or max_tokens
-        that the server's limits or the model's context cannot take."""
+        that the server's limits or the model's context cannot take, or a schema that cannot be used."""
         logprobs, top_logprobs = self.logprob_settings()
         return SamplingParams(
             max_tokens=self._max_tokens(limits, ctx),
@@ -184,7 +257,7 @@ class _Sampling(BaseModel):
             top_k=max(0, self.top_k or 0),
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
             seed=self.seed, stop=list(self.stop or []), logprobs=logprobs, top_logprobs=top_logprobs,
-            json_object=self.json_object(), logit_bias=self._bias(ctx.vocab_size))
+            json_object=self.json_object(), logit_bias=self._bias(ctx.vocab_size), grammar=self.grammar(ctx))
 
     def _max_tokens(self, limits: Limits, ctx: ModelContext) -> int:
         """The request's max_tokens, or min(OpenAI's default, the server's limit, the room left)."""
@@ -196,12 +269,14 @@ class _Sampling(BaseModel):
         if room < 1:
             raise ApiError(400, f"this model's maximum context length is {context} tokens; the prompt has "
                            f"{prompt}", "context_length_exceeded", self.prompt_param())
+        for field_name in ("max_tokens", "max_completion_tokens"):  # each given one is bounded, used or not
+            given = getattr(self, field_name, None)
+            if given is not None and given > limits.max_tokens:
+                raise ApiError(400, f"{field_name} {given} exceeds this server's limit {limits.max_tokens}",
+                               "invalid_value", field_name)
         wanted = self.requested_max_tokens()
         if wanted is None:
             return min(self.default_max_tokens or room, limits.max_tokens, room)
-        if wanted > limits.max_tokens:
-            raise ApiError(400, f"max_tokens {wanted} exceeds this server's limit {limits.max_tokens}",
-                           "invalid_value", "max_tokens")
         if wanted > room:
             raise ApiError(400, f"this model's maximum context length is {context} tokens; the prompt has "
                            f"{prompt} and max_tokens asks for {wanted}", "context_length_exceeded",
@@ -234,6 +309,30 @@ class ChatRequest(_Sampling):
     logprobs: StrictBool = False
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool = True
+
+    def model_post_init(self, _: Any) -> None:
+        """OpenAI's rules that span fields: a json_schema format names its schema; a tool_choice needs
+        tools, and a named one a tool of that name; tool_choice defaults to auto with tools, else none."""
+        fmt = self.response_format
+        if fmt is not None and fmt.type == "json_schema" and (fmt.json_schema is None or
+                                                               fmt.json_schema.schema_ is None):
+            raise ApiError(400, "response_format json_schema needs json_schema.schema", "invalid_value",
+                           "response_format")
+        choice = self.tool_choice
+        if choice is None:
+            self.tool_choice = "auto" if self.tools else "none"
+        elif choice != "none" and not self.tools:
+            raise ApiError(400, "tool_choice needs tools", "invalid_value", "tool_choice")
+        elif isinstance(choice, NamedToolChoice) and choice.function.name not in {
+                t.function.name for t in self.tools or []}:
+            raise ApiError(400, f"tool_choice names the function '{choice.function.name}', which is not "
+                           "among the tools", "invalid_value", "tool_choice")
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ApiError(400, "two tools have the same name", "invalid_value", "tools")
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -245,6 +344,24 @@ class ChatRequest(_Sampling):
 
     def json_object(self) -> bool:
         return self.response_format is not None and self.response_format.type == "json_object"
+
+    def grammar(self, ctx: ModelContext) -> Any:
+        """Tools offered: the call format's grammar; else a json_schema format's; else none."""
+        fmt = self.response_format
+        wanted = offers_tools(self) or (fmt is not None and fmt.type != "text")
+        if not wanted:
+            return None
+        if ctx.grammars is None:
+            raise ApiError(400, "this model does not support constrained outputs (json_object, json_schema, "
+                           "tools)", "invalid_value", "tools" if offers_tools(self) else "response_format")
+        if offers_tools(self):
+            return tool_grammar(self, tool_format(ctx.chat_template), ctx.grammars)
+        if fmt is not None and fmt.json_schema is not None and fmt.type == "json_schema":
+            try:
+                return ctx.grammars.json_schema(fmt.json_schema.schema_ or {})
+            except MaiError as exc:
+                raise ApiError(400, str(exc), "invalid_value", "response_format") from None
+        return ctx.grammars.json_object()
 
     def prompt_param(self) -> str:
         return "messages"
@@ -287,13 +404,20 @@ class Usage(_Open):
     total_tokens: int
 
 
-FinishReason = Literal["stop", "length", "content_filter"]
+FinishReason = Literal["stop", "length", "content_filter", "tool_calls"]
+
+
+class ToolCallOut(_Open):
+    id: str
+    type: Literal["function"]
+    function: CalledFunction
 
 
 class ChatMessageOut(_Open):
     role: Literal["assistant"]
     content: str | None
     refusal: None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(_Open):

@@ -29,6 +29,7 @@ from mai.serve.limits import Reservation
 from mai.serve.metrics import Metrics
 from mai.serve.protocol import ChatRequest, CompletionRequest, for_choice, usage
 from mai.serve.safety import SafetyResult
+from mai.serve.tools import ToolCallParser, offers_tools, tool_format
 
 if TYPE_CHECKING:
     from mai.serve.app import Served, Server
@@ -123,6 +124,11 @@ def _failure(event: Event) -> ApiError | None:
     return None
 
 
+def _with_calls(reason: str) -> str:
+    """OpenAI's finish_reason for an answer that holds tool calls: ``tool_calls`` unless it was cut."""
+    return "tool_calls" if reason == "stop" else reason
+
+
 async def until_disconnected(receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
     """Returns when the client has gone (after the body, the server's ``receive`` waits for that)."""
     while (await receive())["type"] != "http.disconnect":
@@ -143,6 +149,8 @@ class Generation:
         self.created = int(time.time())
         self.level = server.safety_level(served, key, "completion")
         self.choices: list[Choice] = []
+        # with tools offered, the output is parsed into content and tool_calls
+        self.tools = tool_format(served.tokenizer.chat_template) if self.chat and offers_tools(body) else None
 
     def submit(self) -> None:
         """Reserve the worst case against the key's tokens per minute, then submit every choice."""
@@ -218,6 +226,15 @@ class Generation:
         wanted, _ = self.body.logprob_settings()
         if self.chat:
             item["message"] = {"role": "assistant", "content": text, "refusal": None}
+            if self.tools is not None and reason != "content_filter":
+                parser = ToolCallParser(self.tools)
+                parser.feed(text)
+                parser.finish()
+                content, calls = parser.message()
+                item["message"]["content"] = content
+                if calls:
+                    item["message"]["tool_calls"] = calls
+                    item["finish_reason"] = _with_calls(reason)
             item["logprobs"] = chat_logprobs(lps) if wanted else None
         else:
             item["text"] = self.prefix + text
@@ -246,6 +263,29 @@ class Generation:
         lp = completion_logprobs(logprobs, 0) if wanted and logprobs else None
         return {"index": i, "text": text or "", "logprobs": lp, "finish_reason": reason}
 
+    def _tool_piece(self, i: int, delta: tuple, parser: ToolCallParser) -> dict[str, Any]:
+        """One parser delta as OpenAI's chunk: content, a new call (id, name), or an arguments fragment."""
+        if delta[0] == "content":
+            body: dict[str, Any] = {"content": delta[1]}
+        elif delta[0] == "call":
+            call = parser.calls[delta[1]]
+            body = {"tool_calls": [{"index": delta[1], "id": call.id, "type": "function",
+                                    "function": {"name": call.name, "arguments": ""}}]}
+        else:
+            body = {"tool_calls": [{"index": delta[1], "function": {"arguments": delta[2]}}]}
+        return {"index": i, "delta": body, "logprobs": None, "finish_reason": None}
+
+    def _pieces(self, i: int, text: str, logprobs: list[TokenLogprob], parser: ToolCallParser | None,
+                final: bool) -> list[dict[str, Any]]:
+        """The chunks that new text (and its logprobs) make, through the tool-call parser if any."""
+        if parser is None:
+            return [self._piece(i, text, logprobs, None)] if text or logprobs else []
+        deltas = parser.feed(text) + (parser.finish() if final else [])
+        pieces = [self._tool_piece(i, d, parser) for d in deltas]
+        if logprobs:
+            pieces.append(self._piece(i, None, logprobs, None))
+        return pieces
+
     async def _events(self) -> AsyncIterator[str]:
         try:
             for i in range(len(self.choices)):
@@ -255,6 +295,7 @@ class Generation:
                     yield self._chunk(self._piece(i, self.prefix, None, None))
             pending = {asyncio.ensure_future(c.queue.get()): i for i, c in enumerate(self.choices)}
             shown = [""] * len(self.choices)
+            parsers = [ToolCallParser(self.tools) if self.tools else None for _ in self.choices]
             while pending:
                 done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for fut in done:
@@ -272,9 +313,12 @@ class Generation:
                         self.cancel(self.choices[i])
                         text, reason = "", "content_filter"
                     shown[i] += text
-                    if text or ev.logprobs:
-                        yield self._chunk(self._piece(i, text, ev.logprobs, None))
+                    parser = parsers[i] if reason != "content_filter" else None
+                    for piece in self._pieces(i, text, ev.logprobs, parser, final=reason is not None):
+                        yield self._chunk(piece)
                     if reason is not None:
+                        if parser is not None and parser.calls:
+                            reason = _with_calls(reason)
                         yield self._chunk(self._piece(i, None, None, reason))
                         if reason == "content_filter":
                             await self._drain(self.choices[i])
