@@ -47,7 +47,7 @@ def test_schemathesis_finds_nothing(fuzz_url, key, tmp_path):
            "--header", header, "--request-timeout", "30", "--no-shrink", "--generation-database", "none"]
     run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-    assert "6 selected / 6 total" in run.stdout and "passed" in run.stdout, run.stdout[-3000:]
+    assert "7 selected / 7 total" in run.stdout and "passed" in run.stdout, run.stdout[-3000:]
     httpx = http_client()
     assert httpx.get(f"{fuzz_url}/health").status_code == 200
     r = httpx.post(f"{fuzz_url}/v1/completions", json={"model": "tiny", "prompt": "hello", "max_tokens": 3,
