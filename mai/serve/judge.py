@@ -86,3 +86,16 @@ def openai_complete(spec: str, api_key: str | None = None, timeout: float = 30.0
         return reply.choices[0].message.content or ""
 
     return complete
+
+
+def engine_complete(engine, tokenizer) -> Callable[[str], str]:
+    """A model served in this process answers the judge prompt through its own engine, greedy and short,
+    batched with the other requests it decodes."""
+    from mai.infer.sampling import SamplingParams
+
+    def complete(prompt: str) -> str:
+        ids = tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                             add_generation_prompt=True))
+        return engine.generate(ids, SamplingParams(max_tokens=16, temperature=0)).text
+
+    return complete

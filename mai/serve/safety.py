@@ -1,20 +1,26 @@
 """Content safety for prompts and completions: categories hate, sexual, violence and self-harm with
 severities 0–7 reported as safe / low / medium / high (Azure OpenAI's scale), blocking at a configured level.
 
-Up to three signals combine, each category taking the highest severity any of them gives: category rules
+Up to four signals combine, each category taking the highest severity any of them gives: category rules
 (phrase patterns, each with a severity); when the ``alt-profanity-check`` package is installed, its trained
 linear classifier of abusive language, which raises a hate finding by up to 3 levels and alone gives hate
 "low" — but only when no other category's rule explains the text (it scores "I want to kill myself" as
-abusive, and that is self-harm, not hate); and, when configured, a model-based judge (``mai.serve.judge``).
-The rules are deliberately small and listed here so that operators can read and extend them.
+abusive, and that is self-harm, not hate); the served model's own hidden-state classifier, which MAI trains
+(``mai.serve.safety_classifier``) and which catches the paraphrase rules miss; and, when configured, a
+model-based judge (``mai.serve.judge``). The rules are deliberately small and listed here so that
+operators can read and extend them.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mai.serve.judge import Judge
+
+if TYPE_CHECKING:
+    from mai.serve.safety_classifier import BoundClassifier
 
 CATEGORIES = ("hate", "sexual", "violence", "self_harm")
 LEVELS = {"safe": 0, "low": 2, "medium": 4, "high": 6}
@@ -134,20 +140,27 @@ class SafetyFilter:
                 sev["hate"] = 2
         return sev
 
-    def check(self, text: str, block_at: str, judge: Judge | None = None, role: str = "User") -> SafetyResult:
-        """Severities of ``text`` (the judge, when given, is asked too) and the categories that block."""
+    def check(self, text: str, block_at: str, judge: Judge | None = None, role: str = "User",
+              classifier: BoundClassifier | None = None) -> SafetyResult:
+        """Severities of ``text`` (the model's classifier and the judge, when given, are asked too) and the
+        categories that block."""
         sev = self.score(text)
+        extra = [classifier.score(text)] if classifier is not None and text.strip() else []
         if judge is not None:
-            for c, v in judge.score(text, role).items():
+            extra.append(judge.score(text, role))
+        for found in extra:
+            for c, v in found.items():
                 sev[c] = max(sev[c], v)
         limit = LEVELS.get(block_at)
         blocked = [] if block_at == "off" or limit is None else [c for c, s in sev.items() if s >= limit]
         return SafetyResult(sev, blocked)
 
     def flags(self, text: str, block_at: str) -> bool:
-        """Exactly ``check(text, block_at).flagged``, asking the classifier only when its answer can change
-        it (it never lowers a rule's severity, raises hate by at most 3, and alone gives hate 2): the
-        mid-stream check runs on every streamed delta of every request."""
+        """The mid-stream check, run on every streamed delta of every request: rules and abuse detector only
+        (a forward pass of the model's classifier per delta would double the cost of decoding). Exactly
+        ``check(text, block_at).flagged`` without a classifier, asking the abuse detector only when its
+        answer can change it (it never lowers a rule's severity, raises hate by at most 3, and alone gives
+        hate 2)."""
         limit = LEVELS.get(block_at)
         if block_at == "off" or limit is None:
             return False

@@ -1,5 +1,6 @@
-"""The content filter without a model: the classifier fix, hard negatives, the labelled set's precision and
-recall, and the Llama Guard-style judge reached through the official openai client over real HTTP."""
+"""The content filter without a model: the abuse detector fix, hard negatives, the rules' precision and
+recall on the set they were written against, and the Llama Guard-style judge reached through the official
+openai client over real HTTP."""
 
 import json
 import threading
@@ -10,7 +11,7 @@ import pytest
 from mai.errors import MaiError
 from mai.serve.judge import Judge, judge_prompt, openai_complete, parse_verdict
 from mai.serve.safety import SafetyFilter
-from mai.serve.safety_eval import evaluate, load_set, main
+from mai.serve.safety_eval import DATA, load_examples, measure
 
 from .conftest import free_port, http_client
 
@@ -37,34 +38,22 @@ def test_hard_negatives_pass_at_the_default_level(flt, text):
     assert not flt.check(text, "medium").flagged
 
 
-def test_labelled_set_is_balanced_and_scores_well(flt):
-    rows = load_set()
-    counts = {c: sum(c in cats for _, cats in rows) for c in ("hate", "sexual", "violence", "self_harm")}
+def test_the_rules_still_score_well_on_the_set_they_were_written_against(flt):
+    rows = [e for e in load_examples(DATA / "train.jsonl") if e.note.startswith("earlier set")]
+    counts = {c: sum(e.category == c for e in rows) for c in ("hate", "sexual", "violence", "self_harm")}
     assert counts == {"hate": 50, "sexual": 50, "violence": 50, "self_harm": 50}
-    assert sum(not cats for _, cats in rows) == 125
-    scores = evaluate(flt, rows, "medium")
+    assert sum(e.category == "benign" for e in rows) == 125
+    scores = measure(rows, [flt.score(e.text) for e in rows], "medium")
     for c in ("hate", "sexual", "violence", "self_harm"):  # a regression guard, not a quality claim
-        assert scores[c].precision >= 0.9 and scores[c].recall >= 0.75, (c, scores[c])
-    assert scores["safe"].recall >= 0.95  # hard negatives are let through
+        s = scores.per_category[c]
+        assert s.precision >= 0.9 and s.recall >= 0.75, (c, s)
+    assert scores.benign_fpr <= 0.05  # hard negatives are let through
 
 
 @pytest.mark.parametrize("level", ["low", "medium", "high", "off"])
 def test_the_fast_mid_stream_check_agrees_with_the_full_one(flt, level):
-    for text, _ in load_set()[::4]:
-        assert flt.flags(text, level) == flt.check(text, level).flagged, text
-
-
-def test_eval_command_and_a_bad_labelled_file(tmp_path, capsys):
-    good = tmp_path / "good.jsonl"
-    good.write_text('{"text": "I want to kill myself.", "categories": ["self_harm"]}\n'
-                    '{"text": "Kill the lights, please.", "categories": []}\n')
-    main(["--data", str(good), "--block-at", "medium"])
-    out = capsys.readouterr().out
-    assert "| self_harm | 1.00 | 1.00 | 1 | 0 | 0 |" in out and "| safe | 1.00 | 1.00 | 1 | 0 | 0 |" in out
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"text": "hi", "categories": ["spam"]}\n')
-    with pytest.raises(MaiError, match="unknown categories"):
-        load_set(bad)
+    for e in load_examples(DATA / "train.jsonl")[::30]:
+        assert flt.flags(e.text, level) == flt.check(e.text, level).flagged, e.text
 
 
 def test_verdict_parsing_and_prompt():
