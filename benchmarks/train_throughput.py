@@ -9,12 +9,20 @@ bf16 path would take hours); ``--precision both`` times fp32 and bf16.
 
     python benchmarks/train_throughput.py [--steps 8] [--rounds 3] [--compile] \
         [--precision auto|fp32|bf16|both]
+
+``--layout pp2`` / ``--layout dp2`` instead times mai's own fp32 training step on 2 CPU processes
+(gloo, one thread each) under that layout — the same model, global batch and optimizer; pp2 runs the
+1F1B schedule over ``--microbatches`` micro-batches (bubble ≈ (p − 1)/(m + p − 1)), dp2 is FSDP 2 —
+and prints the tokens/s of the whole job (rank 0, the median step after two warm-up steps).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -60,13 +68,79 @@ def time_steps(model, forward, batches, precision: str, steps: int) -> float:
     return statistics.median(times)
 
 
+def layout_worker(layout: str, steps: int, microbatches: int) -> None:
+    """One rank of ``--layout`` (run by torchrun): time the training step of the whole 2-process job."""
+    import torch.distributed as dist
+
+    from mai.parallel import ParallelConfig, build_mesh, parallelize
+    from mai.parallel.grad import clip_grad_norm_
+    from mai.parallel.init import materialize
+    from mai.parallel.pipeline import pipeline_model
+
+    torch.set_num_threads(1)
+    world, cpu, cfg = int(os.environ["WORLD_SIZE"]), torch.device("cpu"), ModelConfig(**SHAPE)
+    pcfg = ParallelConfig(pp=world if layout.startswith("pp") else 1, pp_microbatches=microbatches)
+    pcfg = pcfg.resolve(world)
+    mesh = build_mesh(pcfg, world, "cpu", cfg)
+    tokens = torch.randint(0, cfg.vocab_size, (BATCH, SEQ + 1), generator=torch.Generator().manual_seed(0))
+    pp_group = None
+    if pcfg.pp > 1:
+        pipe = pipeline_model(cfg, pcfg, mesh, cpu, BATCH // microbatches, SEQ,
+                              lambda module: materialize(module, cpu, 0))
+        model, pp_group = pipe.rank_module, mesh.pp.get_group()
+
+        def forward_backward() -> None:
+            pipe.step(tokens[:, :-1], tokens[:, 1:], 1.0 / microbatches)
+    else:
+        with torch.device("meta"):
+            model = Transformer(cfg)
+        parallelize(model, pcfg, mesh)
+        materialize(model, cpu, 0)
+        mine = tokens.chunk(world)[dist.get_rank()]
+
+        def forward_backward() -> None:
+            logits = model(mine[:, :-1])
+            F.cross_entropy(logits.float().flatten(0, 1), mine[:, 1:].flatten()).backward()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    times = []
+    for i in range(steps + 2):
+        dist.barrier()
+        start = time.perf_counter()
+        forward_backward()
+        clip_grad_norm_(model.parameters(), 1.0, pp_group)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        dist.barrier()
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    if dist.get_rank() == 0:
+        print(f"{bench_tag('fp32')} torch {torch.__version__}; shape {SHAPE}; seq {SEQ}, "
+              f"global batch {BATCH}")
+        extra = f", {microbatches} micro-batches (1F1B)" if pcfg.pp > 1 else " (FSDP)"
+        print(f"layout {layout}{extra}: {BATCH * SEQ / statistics.median(times):,.0f} tokens/s "
+              f"(2 processes, 1 thread each)")
+    dist.destroy_process_group()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also time mai with torch.compile")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "both"))
+    ap.add_argument("--layout", choices=("pp2", "dp2"), help="time mai on 2 processes under this layout")
+    ap.add_argument("--microbatches", type=int, default=4, help="--layout pp2: micro-batches per step")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a torchrun rank of --layout
     args = ap.parse_args()
+    if args.worker:
+        layout_worker(args.layout, args.steps, args.microbatches)
+        return
+    if args.layout:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+        subprocess.run([*launcher, __file__, "--worker", "--layout", args.layout, "--steps", str(args.steps),
+                        "--microbatches", str(args.microbatches)], check=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return
     precisions = ("fp32", "bf16") if args.precision == "both" else (resolve(args.precision).name,)
 
     torch.manual_seed(0)

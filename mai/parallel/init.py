@@ -111,8 +111,18 @@ def init_weights(model: Transformer, seed: int) -> None:
             m.reset_buffers()
 
 
+def to_empty(model: nn.Module, device: torch.device) -> None:
+    """``model.to_empty(device)``, keeping a tied head tied: moving plain parameters off meta gives each
+    module a new Parameter, which would silently untie the head from the embedding (DTensor parameters
+    are swapped in place and stay shared)."""
+    model.to_empty(device=device)
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and cfg.tie_embeddings and model.output.weight is not model.tok_embeddings.weight:
+        model.output.weight = model.tok_embeddings.weight
+
+
 def materialize(model: nn.Module, device: torch.device, seed: int) -> None:
     """Allocate a meta-built (and possibly sharded) model on ``device`` — each rank only its shards —
     and initialise it with :func:`init_weights`."""
-    model.to_empty(device=device)
+    to_empty(model, device)
     init_weights(model, seed)

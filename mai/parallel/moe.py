@@ -22,9 +22,11 @@ from mai.model.moe import MoE, grouped_swiglu
 
 
 class DistributedMoE(MoE):
+    load_group = None  # the ranks of this pipeline stage (all ranks without pipeline parallel)
+
     def global_load(self, counts: torch.Tensor) -> torch.Tensor:
         total = counts.clone()
-        dist.all_reduce(total)
+        dist.all_reduce(total, group=self.load_group)
         return total
 
 

@@ -43,18 +43,20 @@ from mai.parallel.moe import (
 )
 
 
-def parallelize(model: Transformer, cfg: ParallelConfig, mesh: Meshes,
-                vocab_parallel_loss: bool = False) -> Transformer:
+def parallelize(model: Transformer, cfg: ParallelConfig, mesh: Meshes, vocab_parallel_loss: bool = False,
+                chunks: list[nn.Module] | None = None) -> Transformer:
     """Parallelize ``model`` in place over ``mesh`` (from :func:`mai.parallel.build_mesh`) and return it.
     ``vocab_parallel_loss``: under TP the model returns vocab-sharded logits, for a cross-entropy taken
     inside :func:`loss_context` (callers that need plain logits leave it off and get them gathered).
-    ``model`` may live on the meta device: nothing here allocates or reads its values."""
+    ``model`` may live on the meta device: nothing here allocates or reads its values. Under pipeline
+    parallel ``model`` is this rank's part (mai.parallel.pipeline) and ``chunks`` its stages, each an
+    FSDP root of its own (the schedule runs them one by one)."""
     cfg = cfg.resolve(mesh.size())
     cfg.check_model(model.cfg)
     for block in model.layers.values():
         ffn = block.feed_forward
         if isinstance(ffn, MoE):
-            swap_class(ffn, DistributedMoE)
+            swap_class(ffn, DistributedMoE, load_group=mesh.stage.get_group())
             if cfg.ep > 1:  # before TP, which replicates what is not sharded yet
                 shard_experts(ffn.experts, mesh.ep)
     if cfg.tp > 1:
@@ -70,7 +72,7 @@ def parallelize(model: Transformer, cfg: ParallelConfig, mesh: Meshes,
     if cfg.compile:
         for block in model.layers.values():
             block.compile()
-    apply_fsdp(model, cfg, mesh)
+    apply_fsdp(model, cfg, mesh, chunks or [model])
     return model
 
 
@@ -80,11 +82,11 @@ def apply_tensor_parallel(model: Transformer, tp_mesh: DeviceMesh, vocab_paralle
     loss-parallel cross-entropy, or are gathered."""
     output = (ColwiseParallel(input_layouts=Shard(1), output_layouts=Shard(-1), use_local_output=False)
               if vocab_parallel_loss else ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate()))
-    parallelize_module(model, tp_mesh, {
-        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
-        "norm": SequenceParallel(),
-        "output": output,
-    })
+    top = {"tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+           "norm": SequenceParallel(), "output": output}
+    # A pipeline stage lacks what another stage owns (nn.Identity in its place)
+    parallelize_module(model, tp_mesh, {name: plan for name, plan in top.items()
+                                        if not isinstance(getattr(model, name), nn.Identity)})
     for block in model.layers.values():
         plan = {
             "attention_norm": SequenceParallel(),
@@ -144,9 +146,10 @@ def checkpoint_block(block: nn.Module, mode: str) -> None:
                checkpoint_mode=mode)
 
 
-def apply_fsdp(model: Transformer, cfg: ParallelConfig, mesh: Meshes) -> None:
-    """FSDP2 per block, then the root. Experts under EP are sharded over the dp ranks left after ep, with
-    their gradient divided by the whole dp size (each rank's experts saw tokens from every ep peer)."""
+def apply_fsdp(model: Transformer, cfg: ParallelConfig, mesh: Meshes, roots: list[nn.Module]) -> None:
+    """FSDP2 per block, then the roots (the model, or each pipeline chunk). Experts under EP are sharded
+    over the dp ranks left after ep, with their gradient divided by the whole dp size (each rank's
+    experts saw tokens from every ep peer)."""
     if cfg.dp_shard * cfg.dp_replicate == 1:
         return
     mp = mixed_precision(cfg, mesh.world.device_type)
@@ -156,7 +159,8 @@ def apply_fsdp(model: Transformer, cfg: ParallelConfig, mesh: Meshes) -> None:
             fully_shard(ffn.experts, mesh=mesh.experts_fsdp, mp_policy=mp)
             ffn.experts.set_gradient_divide_factor(float(cfg.dp_replicate * cfg.dp_shard))
         fully_shard(block, mesh=mesh.fsdp, mp_policy=mp)
-    fully_shard(model, mesh=mesh.fsdp, mp_policy=mp)
+    for root in roots:
+        fully_shard(root, mesh=mesh.fsdp, mp_policy=mp)
 
 
 def mixed_precision(cfg: ParallelConfig, device_type: str) -> MixedPrecisionPolicy:

@@ -30,11 +30,15 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from mai.errors import MaiError
 
 STATE_FILE = "train_state.json"
+# Optimizer state and hyper-parameters keyed by parameter name ("optim.state.layers.3.….exp_avg",
+# "optim.param_groups.layers.3.….lr"), not by position in a list of groups: pipeline stages each hold
+# other parameters, and a positional ``param_groups.0.params`` list would be one rank's in the file.
+OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 def _rank_world() -> tuple[int, int]:
@@ -113,7 +117,7 @@ class Checkpointer:
             pickle.dump({**rank_state, "rng": rng_state()}, f)
             f.flush()
             os.fsync(f.fileno())
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIONS)
         state = {"model": model_sd, "optim": optim_sd}
         with warnings.catch_warnings():  # one process without a process group is a supported DCP mode
             warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
@@ -172,7 +176,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         detail = ", ".join(f"{k}: {(saved_cfg or {}).get(k)} vs {model_config.get(k)}" for k in diff[:4])
         raise MaiError(f"checkpoint {path} was made for a different model ({detail}); "
                        "use another train.out_dir or the original model settings")
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=OPTIONS)
     state = {"model": model_sd, "optim": optim_sd}
     try:
         with warnings.catch_warnings():
@@ -181,7 +185,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     except (Exception, CheckpointException) as exc:  # CheckpointException is a BaseException
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MaiError(f"checkpoint {path} is damaged or incomplete: {first[:200]}") from None
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=OPTIONS)
     rank, world = _rank_world()
     rank_state = None
     if run_state.get("world_size") == world:

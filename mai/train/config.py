@@ -95,16 +95,19 @@ class RunConfig:
             raise MaiError(f"data.seq_len {self.data.seq_len} exceeds model.max_seq_len {cfg.max_seq_len}")
         return cfg
 
-    def grad_accum(self, dp_world: int) -> int:
-        """Micro-batches per optimizer step on each rank, from ``train.global_batch`` when it is set; a
-        global batch the ranks cannot split evenly is a :class:`MaiError` naming the numbers."""
+    def grad_accum(self, dp_world: int, pp_microbatches: int = 1) -> int:
+        """Micro-batches (pipeline parallel: schedule steps of ``pp_microbatches`` micro-batches) per
+        optimizer step on each rank, from ``train.global_batch`` when it is set; a global batch the ranks
+        cannot split evenly is a :class:`MaiError` naming the numbers."""
         t = self.train
         if not t.global_batch:
             return t.grad_accum
-        per_micro = t.batch_size * dp_world
+        per_micro = t.batch_size * dp_world * pp_microbatches
+        pipeline = f" × {pp_microbatches} pipeline micro-batches" if pp_microbatches > 1 else ""
         if t.global_batch % per_micro:
             raise MaiError(f"train.global_batch {t.global_batch} is not divisible by train.batch_size "
-                           f"{t.batch_size} × {dp_world} data-parallel ranks = {per_micro}; change one")
+                           f"{t.batch_size} × {dp_world} data-parallel ranks{pipeline} = {per_micro}; "
+                           "change one")
         return t.global_batch // per_micro
 
     def validate(self) -> None:

@@ -5,7 +5,8 @@ under bf16 autocast where bf16 is fast (mai.precision; weights and AdamW state s
 and logs loss, tokens/s and MFU.
 Validation, checkpoints and the final export happen on a fixed cadence. A run restarted on the same
 ``out_dir`` continues from its newest complete checkpoint and reproduces the losses of a run that never
-stopped. When launched by torchrun the model is wrapped by :mod:`mai.parallel` from outside.
+stopped. When launched by torchrun the model is laid out by :mod:`mai.parallel` from outside; with
+``parallel.pp`` > 1 each rank holds its pipeline stages and the micro-batches go through the schedule.
 """
 
 from __future__ import annotations
@@ -23,18 +24,17 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 
 from mai.config import from_dict, to_dict
 from mai.data.sampler import MixtureSampler, ValidationBatches
 from mai.data.shards import TokenDataset, unigram_entropy
 from mai.errors import MaiError
-from mai.interop.native import save_native
 from mai.model.config import ModelConfig
 from mai.model.moe import moe_aux_loss, moe_load, update_expert_bias
 from mai.model.presets import train_flops_per_token
 from mai.model.transformer import Transformer
+from mai.parallel.export import export_model
 from mai.parallel.grad import clip_grad_norm_, grad_norm
 from mai.parallel.parallelize import loss_context
 from mai.precision import resolve as resolve_precision
@@ -73,6 +73,14 @@ class Runtime:
     dp_world: int
     grad_accum: int = 1  # micro-batches per optimizer step (derived from train.global_batch when set)
     cpu_group: dist.ProcessGroup | None = None  # gloo group of the main thread: stop agreement, lock check
+    # Pipeline parallel: stages, and micro-batches per schedule step (grad_accum counts schedule steps)
+    pp: int = 1
+    pp_microbatches: int = 1
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches of ``train.batch_size`` sequences per optimizer step on each data rank."""
+        return self.grad_accum * self.pp_microbatches
 
 
 def setup_runtime(cfg: RunConfig) -> tuple[Runtime, object | None]:
@@ -90,7 +98,8 @@ def setup_runtime(cfg: RunConfig) -> tuple[Runtime, object | None]:
 
     pcfg = from_dict(ParallelConfig, cfg.parallel, "parallel")
     resolved = pcfg.resolve(world)
-    grad_accum = cfg.grad_accum(resolved.dp_replicate * resolved.dp_shard)
+    m = resolved.pp_microbatches if resolved.pp > 1 else 1
+    grad_accum = cfg.grad_accum(resolved.dp_replicate * resolved.dp_shard, m)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if want_cuda:
         torch.cuda.set_device(local)
@@ -99,7 +108,8 @@ def setup_runtime(cfg: RunConfig) -> tuple[Runtime, object | None]:
     rank = dist.get_rank()
     dp_rank, dp_world = data_parallel_coords(mesh)
     cpu_group = dist.new_group(backend="gloo")  # collective: every rank creates it here, once
-    return Runtime(device, rank, world, dp_rank, dp_world, grad_accum, cpu_group), (pcfg, mesh)
+    return (Runtime(device, rank, world, dp_rank, dp_world, grad_accum, cpu_group, resolved.pp, m),
+            (resolved, mesh))
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -108,6 +118,7 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optim
     other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     o = cfg.optim
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]  # LoRA trains matrices only; an empty group breaks DCP's load
     # Fused: one kernel per step on GPU (and CPU), and it honours ``found_inf``, with which the trainer
     # skips a bad step on the device instead of asking the host (mai.train.guard).
     return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, fused=True)
@@ -154,12 +165,14 @@ class BatchSource:
 
 
 def evaluate(model: torch.nn.Module, batches: Sequence[tuple], rt: Runtime, autocast,
-             objective: Objective = lm_loss, vocab_parallel: bool = False) -> float:
+             objective: Objective = lm_loss, vocab_parallel: bool = False, pipeline: Any = None) -> float:
     """Mean loss per sequence over ``batches`` (micro-batches: a rank never runs more than a training
     micro-batch at once), data-parallel rank r taking batches r, r + dp, …; each batch's mean is weighted
     by its rows, so the result does not depend on how the windows were grouped. The sums stay on the
     device and meet in one all-reduce. A rank left without a batch in the last round runs batch 0 at
     weight 0, so the collectives inside the forward pass (FSDP, TP) stay in step on every rank."""
+    if pipeline is not None:
+        return evaluate_pipeline(pipeline, batches, rt, autocast)
     model.eval()
     mine = range(rt.dp_rank, len(batches), rt.dp_world)
     rounds = -(-len(batches) // rt.dp_world)
@@ -179,21 +192,61 @@ def evaluate(model: torch.nn.Module, batches: Sequence[tuple], rt: Runtime, auto
     return float(sums[0] / sums[1].clamp(min=1))
 
 
+def pad_rows(batch: tuple, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` (x, y) grown to ``rows`` rows whose targets are all -100: the schedule's micro-batches
+    have one shape, and the padding carries no loss."""
+    x, y = batch
+    missing = rows - len(x)
+    if missing <= 0:
+        return x, y
+    return (torch.cat([x, x.new_zeros(missing, x.shape[1])]),
+            torch.cat([y, y.new_full((missing, y.shape[1]), -100)]))
+
+
+def evaluate_pipeline(pipeline: Any, batches: Sequence[tuple], rt: Runtime, autocast) -> float:
+    """:func:`evaluate` through the pipeline schedule: ``pp_microbatches`` of a rank's batches per
+    schedule step (padding with batch 0 at weight 0); the losses live on the last stage."""
+    pipeline.rank_module.eval()
+    m = pipeline.microbatches
+    mine = range(rt.dp_rank, len(batches), rt.dp_world)
+    rounds = -(-len(batches) // rt.dp_world)
+    sums = torch.zeros(2, dtype=torch.float64, device=rt.device)
+    with torch.no_grad():
+        for start in range(0, rounds, m):
+            picked = [mine[r] if r < len(mine) else None for r in range(start, start + m)]
+            parts = [pad_rows(batches[0 if i is None else i], pipeline.micro_batch) for i in picked]
+            x, y = (torch.cat([p[k] for p in parts]).to(rt.device) for k in (0, 1))
+            with autocast():
+                losses = pipeline.eval_losses(x, y)
+            for loss, i in zip(losses, picked, strict=False):
+                if i is not None:
+                    sums[0] += loss.double() * len(batches[i][0])
+                    sums[1] += len(batches[i][0])
+    dist.all_reduce(sums)
+    pipeline.rank_module.train()
+    return float(sums[0] / sums[1].clamp(min=1))
+
+
 def build_model(model_cfg: ModelConfig, init: Any, source: BatchSource, parallel: tuple | None,
                 device: torch.device, seed: int, vocab_parallel: bool) -> torch.nn.Module:
-    """The model, laid out and on ``device``. From scratch it is built on the meta device, parallelized
-    there, and only then allocated and initialised shard by shard (mai.parallel.init), so no rank ever
-    holds the whole model and the weights equal a single process's under any layout. Weights from
-    ``train.init_from`` (and adapters added to them) are still loaded whole on every rank first."""
+    """The model, laid out and on ``device``. It is built on the meta device, parallelized there, and
+    only then allocated and initialised shard by shard (mai.parallel.init), so no rank ever holds the
+    whole model and the weights equal a single process's under any layout; ``train.init_from`` weights
+    (a :class:`mai.parallel.weights.WeightSource`) are then read shard by shard. Only LoRA adapters
+    (added to the whole model) need the init weights loaded whole first."""
     from mai.parallel import parallelize
     from mai.parallel.init import materialize
+    from mai.parallel.weights import WeightSource, materialize_from
 
-    if init is None and source.adapt is None:
+    if (init is None or isinstance(init, WeightSource)) and source.adapt is None:
         with torch.device("meta"):
             model = Transformer(model_cfg)
         if parallel is not None:
             model = parallelize(model, *parallel, vocab_parallel_loss=vocab_parallel)
-        materialize(model, device, seed)
+        if init is None:
+            materialize(model, device, seed)
+        else:
+            materialize_from(model, init, device)
         return model
     model = (init.model.float().train() if init is not None else Transformer(model_cfg)).to(device)
     if source.adapt is not None:
@@ -201,6 +254,30 @@ def build_model(model_cfg: ModelConfig, init: Any, source: BatchSource, parallel
     if parallel is not None:
         model = parallelize(model, *parallel, vocab_parallel_loss=vocab_parallel)
     return model
+
+
+def build_pipeline_model(model_cfg: ModelConfig, init: Any, source: BatchSource, parallel: tuple,
+                         cfg: RunConfig, device: torch.device) -> Any:
+    """This rank's pipeline stages (mai.parallel.pipeline), built on meta and initialised shard by shard;
+    ``train.init_from`` weights (a WeightSource) are then read, each rank only the boxes it holds."""
+    from mai.parallel.init import materialize
+    from mai.parallel.pipeline import pipeline_model
+    from mai.parallel.weights import materialize_from
+
+    if source.objective is not lm_loss or source.adapt is not None:
+        raise MaiError("parallel.pp > 1 runs the next-token objective on full weights (pretraining, SFT "
+                       "without LoRA); use parallel.pp=1 for DPO or LoRA")
+    if cfg.train.compile:
+        raise MaiError("train.compile does not apply to pipeline stages; use parallel.compile=true")
+
+    def fill(module: torch.nn.Module) -> None:
+        if init is None:
+            materialize(module, device, cfg.train.seed)
+        else:
+            materialize_from(module, init, device)
+
+    return pipeline_model(model_cfg, parallel[0], parallel[1], device, cfg.train.batch_size, cfg.data.seq_len,
+                          fill)
 
 
 def lock_run_dir(out_dir: Path, rt: Runtime) -> RunLock:
@@ -225,16 +302,32 @@ class StepOut:
     extras: dict[str, float]
 
 
+def pipeline_micro_steps(pipeline: Any, batches: Any, autocast: Callable, rt: Runtime) -> tuple[torch.Tensor,
+                                                                                                  torch.Tensor]:
+    """``rt.grad_accum`` schedule steps of ``pp_microbatches`` micro-batches each (the loss on the last
+    stage, 0 elsewhere), and this rank's MoE loads."""
+    loss_sum = torch.zeros((), device=rt.device)
+    for _ in range(rt.grad_accum):
+        parts = [batches.next_batch() for _ in range(rt.pp_microbatches)]
+        x, y = (torch.cat([p[k] for p in parts]) for k in (0, 1))
+        with autocast():
+            loss_sum += pipeline.step(x, y, 1.0 / rt.micro_batches)
+    return loss_sum, pipeline.take_moe_stats()[0]
+
+
 def train_step(model: torch.nn.Module, step_fn: Callable, optimizer: torch.optim.Optimizer, batches: Any,
                objective: Objective, autocast: Callable, rt: Runtime, cfg: RunConfig, guard: StepGuard,
-               vocab_parallel: bool) -> StepOut:
-    """``rt.grad_accum`` micro-batches forward and backward, clip, and the optimizer step — skipped on
-    the device when the guard finds the step bad. Nothing here waits for the device."""
+               vocab_parallel: bool, pipeline: Any = None) -> StepOut:
+    """``rt.grad_accum`` micro-batches forward and backward (through the pipeline schedule under pp),
+    clip, and the optimizer step — skipped on the device when the guard finds the step bad. Nothing here
+    waits for the device."""
     accum = rt.grad_accum
     loss_sum = torch.zeros((), device=rt.device)
     expert_load = torch.zeros_like(moe_load(model))
     extras: dict[str, float] = {}
-    for _ in range(accum):
+    if pipeline is not None:
+        loss_sum, expert_load = pipeline_micro_steps(pipeline, batches, autocast, rt)
+    for _ in range(accum if pipeline is None else 0):
         batch = batches.next_batch()
         with loss_context(vocab_parallel):
             with autocast():
@@ -245,20 +338,25 @@ def train_step(model: torch.nn.Module, step_fn: Callable, optimizer: torch.optim
         loss_sum += loss.detach()
     if dist.is_initialized():
         dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)  # every rank judges the same loss
+        loss_sum *= rt.pp  # under pp only the last stage's ranks (one per pipeline) held it
     params = [p for p in model.parameters() if p.grad is not None]
-    # PARALLEL: parameters may sit on several meshes (FSDP, TP, EP experts); mai.parallel clips them all.
-    norm = (clip_grad_norm_(params, cfg.optim.grad_clip) if cfg.optim.grad_clip > 0
-            else grad_norm([p.grad for p in params]))
+    # PARALLEL: parameters may sit on several meshes (FSDP, TP, EP experts) and pipeline stages;
+    # mai.parallel clips them all by their global norm.
+    pp_group = pipeline.group if pipeline is not None else None
+    norm = (clip_grad_norm_(params, cfg.optim.grad_clip, pp_group) if cfg.optim.grad_clip > 0
+            else grad_norm([p.grad for p in params], pp_group))
     bad = guard.check(loss_sum, norm)
     optimizer.found_inf = bad  # fused AdamW leaves weights, moments and step count alone where it is 1
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if expert_load.numel():
-        if dist.is_initialized():
-            dist.all_reduce(expert_load)  # every rank keeps the same expert bias
+        if dist.is_initialized():  # every rank (of a stage) keeps the same expert bias
+            dist.all_reduce(expert_load, group=pipeline.load_group if pipeline is not None else None)
         rate = model.cfg.moe_bias_update_rate
         if rate:
             update_expert_bias(model, expert_load * (1 - bad).long(), rate)  # a skipped step moves nothing
+    if pipeline is not None and model.cfg.is_moe:
+        expert_load = pipeline.whole_model_load(expert_load)  # for the log: every MoE layer's row
     return StepOut(loss_sum, norm, expert_load, extras)
 
 
@@ -300,29 +398,50 @@ def end_process_group() -> None:
             dist.destroy_process_group()
 
 
+def report_once(exc: MaiError) -> BaseException:
+    """What a torchrun worker raises for a user error, so that it is printed once, not once per rank:
+    rank 0 (or one process) its error as is (the CLI prints the ``error:`` line); before any process
+    group exists the error came from the config and files every rank reads alike, so the other ranks
+    leave silently with the same exit code; later a rank's own error is prefixed with its rank."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        return exc
+    if not dist.is_initialized():
+        return SystemExit(2)
+    return MaiError(f"rank {rank}: {exc}")
+
+
 def train(cfg: RunConfig, source: BatchSource | None = None) -> TrainResult:
     """Pretrain on cfg.data's token shards, or post-train on ``source`` (SFT, DPO: mai.post). A SIGTERM
     or SIGUSR1 ends the process (exit code 0) after a checkpoint every rank agrees on."""
-    cfg.validate()
-    rt, parallel = setup_runtime(cfg)
-    lock = lock_run_dir(Path(cfg.train.out_dir), rt)
-    stop = StopRequest(cfg.train.max_minutes, rt.cpu_group)  # catches SIGTERM / SIGUSR1 from here on
     try:
-        return run(cfg, source, rt, parallel, stop)
-    finally:
-        stop.restore()
-        lock.release()
+        cfg.validate()
+        rt, parallel = setup_runtime(cfg)
+        lock = lock_run_dir(Path(cfg.train.out_dir), rt)
+        stop = StopRequest(cfg.train.max_minutes, rt.cpu_group)  # catches SIGTERM / SIGUSR1 from here on
+        try:
+            return run(cfg, source, rt, parallel, stop)
+        finally:
+            stop.restore()
+            lock.release()
+    except MaiError as exc:
+        raise report_once(exc) from None
 
 
 def run(cfg: RunConfig, source: BatchSource | None, rt: Runtime, parallel: tuple | None,
         stop: StopRequest) -> TrainResult:
     """The training run itself, once the process group, the run directory's lock and the signal
     handlers are in place."""
-    init = None
+    init: Any = None
     if cfg.train.init_from:  # start from existing weights (own export, HF dir, GGUF); its shape wins
-        from mai.interop import load_model
+        if source is None or source.adapt is None:
+            from mai.parallel.weights import open_weights
 
-        init = load_model(cfg.train.init_from)
+            init = open_weights(cfg.train.init_from)  # read shard by shard once the model is laid out
+        else:
+            from mai.interop import load_model
+
+            init = load_model(cfg.train.init_from)
         if init.cfg.max_seq_len < cfg.data.seq_len:
             raise MaiError(f"data.seq_len {cfg.data.seq_len} exceeds the context of {cfg.train.init_from}")
     model_cfg = init.cfg if init is not None else cfg.model_config()
@@ -336,7 +455,7 @@ def run(cfg: RunConfig, source: BatchSource | None, rt: Runtime, parallel: tuple
             # data.val_batches global batches of windows, in micro-batches dealt to the ranks: the same
             # windows, and so the same loss, whatever the layout
             ValidationBatches(TokenDataset(val_path, "val"), cfg.data.seq_len, cfg.train.batch_size,
-                              cfg.data.val_batches * rt.grad_accum * rt.dp_world))
+                              cfg.data.val_batches * rt.micro_batches * rt.dp_world))
     out_dir = Path(cfg.train.out_dir)
     ckpt_root = out_dir / "checkpoints"
     is_main = rt.rank == 0
@@ -346,8 +465,15 @@ def run(cfg: RunConfig, source: BatchSource | None, rt: Runtime, parallel: tuple
 
     torch.manual_seed(cfg.train.seed)
     # TP: the logits stay vocab-sharded for the next-token loss (other objectives get them gathered)
-    vocab_parallel = parallel is not None and parallel[0].tp > 1 and source.objective is lm_loss
-    model = build_model(model_cfg, init, source, parallel, rt.device, cfg.train.seed, vocab_parallel)
+    # (pipeline stages gather the logits of the last one: its loss runs inside the schedule)
+    vocab_parallel = (parallel is not None and parallel[0].tp > 1 and rt.pp == 1
+                      and source.objective is lm_loss)
+    pipeline = None
+    if rt.pp > 1:
+        pipeline = build_pipeline_model(model_cfg, init, source, parallel, cfg, rt.device)
+        model = pipeline.rank_module
+    else:
+        model = build_model(model_cfg, init, source, parallel, rt.device, cfg.train.seed, vocab_parallel)
     optimizer = build_optimizer(model, cfg)
     step_fn = torch.compile(model) if cfg.train.compile else model
     sampler = DeviceBatches(source.sampler(cfg.train.seed, rt.dp_rank, rt.dp_world, cfg.train.batch_size),
@@ -365,7 +491,7 @@ def run(cfg: RunConfig, source: BatchSource | None, rt: Runtime, parallel: tuple
     precision = run_precision(requested, rt.device, is_main)
     peak = cfg.train.peak_tflops * 1e12 or peak_flops(rt.device, precision)
     flops_per_token = train_flops_per_token(model_cfg, cfg.data.seq_len)
-    tokens_per_step = cfg.train.batch_size * rt.grad_accum * cfg.data.seq_len * rt.dp_world
+    tokens_per_step = cfg.train.batch_size * rt.micro_batches * cfg.data.seq_len * rt.dp_world
 
     def autocast():
         return torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -399,7 +525,7 @@ def run(cfg: RunConfig, source: BatchSource | None, rt: Runtime, parallel: tuple
         for group in optimizer.param_groups:
             group["lr"] = lr
         out = train_step(model, step_fn, optimizer, sampler, source.objective, autocast, rt, cfg, guard,
-                         vocab_parallel)
+                         vocab_parallel, pipeline)
         extras = out.extras
         step += 1
         tokens_seen += tokens_per_step
@@ -437,7 +563,8 @@ def run(cfg: RunConfig, source: BatchSource | None, rt: Runtime, parallel: tuple
                 log.log(step, expert_load=out.expert_load.tolist())  # [moe layer][expert] tokens this step
         preempted = stopped not in (None, "time")  # a signal: save and go, no time for validation
         if (step % cfg.train.eval_every == 0 or last) and not preempted:
-            val_loss = evaluate(model, source.val_batches, rt, autocast, source.objective, vocab_parallel)
+            val_loss = evaluate(model, source.val_batches, rt, autocast, source.objective, vocab_parallel,
+                                pipeline)
             log.log(step, val_loss=val_loss)
             log.message(f"step {step}: train loss {loss_value:.4f}, validation loss {val_loss:.4f}")
         if step % cfg.train.ckpt_every == 0 or last:
@@ -455,14 +582,16 @@ def run(cfg: RunConfig, source: BatchSource | None, rt: Runtime, parallel: tuple
 
     entropy = unigram_entropy(sources[0][0]) if pretraining else math.nan
     if math.isnan(val_loss):  # resumed at the end: nothing left to train
-        val_loss = evaluate(model, source.val_batches, rt, autocast, source.objective, vocab_parallel)
+        val_loss = evaluate(model, source.val_batches, rt, autocast, source.objective, vocab_parallel,
+                                pipeline)
     tokenizer_dir = (Path(cfg.tokenizer) if cfg.tokenizer else source.tokenizer_dir
                      or Path(cfg.data.sources[0].path) / "tokenizer")
     if source.finalize is not None:
         source.finalize(model)
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # One tensor at a time, gathered from its shards and pipeline stage, streamed to the file by rank 0
+    export_model(model, model_cfg, out_dir / "model", tokenizer_dir if tokenizer_dir.is_dir() else None,
+                 rt.cpu_group)
     if is_main:
-        save_native(full, model_cfg, out_dir / "model", tokenizer_dir if tokenizer_dir.is_dir() else None)
         plot_loss(out_dir, None if math.isnan(entropy) else entropy)
     end_process_group()
     return TrainResult(step, loss_value, val_loss, entropy, tok_s, mfu, out_dir, cfg.train.max_steps,

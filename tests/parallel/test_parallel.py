@@ -33,7 +33,10 @@ def torchrun(tmp_path: Path, nproc: int, layouts: dict[str, dict]) -> dict:
 def launch(nproc: int, script: str, *args: str) -> subprocess.CompletedProcess:
     """``script`` (in this folder) under torchrun on ``nproc`` ranks, or as one plain process (nproc 0)."""
     launcher = ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--standalone"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}  # no 64 MB arena per thread
+    # No 64 MB arena per thread; blocks of 1 MB and more always mmapped and unmapped when freed (glibc
+    # otherwise raises that threshold as they are freed and serves FSDP's gathered blocks from a heap
+    # that fragmentation grows, which a memory cap counts)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576"}
     cmd = [sys.executable, *(launcher if nproc else []), str(HERE / script), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 

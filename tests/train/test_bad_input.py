@@ -62,3 +62,19 @@ def test_generate_with_bad_model_dir(tmp_path: Path, what: str):
     if what == "not-a-model":
         (path / "config.json").write_text("{not json")
     assert_clean_error(mai("generate", "--model", str(path), "--prompt", "hi", check=False))
+
+
+def test_a_bad_layout_under_torchrun_is_one_error_line(dataset, tmp_path):
+    """Every rank meets the same bad layout before any process group exists; rank 0 alone prints it."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "mai.cli", *train_args(dataset, tmp_path / "run", "parallel.pp=3")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode != 0
+    assert errors == ["error: world size 2 is not divisible by pp 3 × dp_replicate 1 × tp 1; launch a "
+                      "multiple of 3 processes"], proc.stderr[-3000:]
