@@ -5,4 +5,5 @@ flags next to the handler that reads them, and imports its heavy parts only insi
 ``mai --help`` and a typo cost no torch import. :data:`MODULES` is the order ``mai --help`` lists them in.
 """
 
-MODULES = ("model", "train", "plan", "generate", "convert", "serve", "data", "post", "eval")
+MODULES = ("model", "train", "plan", "generate", "convert", "serve", "safety", "data", "post", "grpo", "eval",
+           "judge", "recipe")

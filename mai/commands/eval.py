@@ -1,55 +1,75 @@
-"""``mai eval``: benchmarks (lm-eval conventions), generative tasks, perplexity and contamination."""
+"""``mai eval``: benchmarks (lm-eval conventions), generative tasks, perplexity and contamination.
+
+Every flag is a field of :class:`mai.eval.run.EvalConfig`; ``--config FILE`` and ``--set KEY=VALUE`` set the
+rest, and a flag given on the command line wins. The run saves its config as OUT/config.yaml.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from mai.commands.flags import add_precision_flag
 
+# flag attribute → config field (generative settings live under gen.)
+_FIELDS = {"limit": "limit", "text": "texts", "shards": "shards", "split": "split",
+           "batch_tokens": "batch_tokens", "max_length": "max_length", "device": "device",
+           "precision": "precision", "out": "out", "contamination": "contamination", "ngram": "ngram",
+           "samples": "gen.samples", "temperature": "gen.temperature", "chat": "gen.chat",
+           "max_new_tokens": "gen.max_new_tokens", "batch_size": "gen.batch_size", "seed": "gen.seed"}
+
+
+def eval_config(args: argparse.Namespace) -> Any:
+    from mai.config import from_dict, load_yaml, merge, parse_override
+    from mai.eval.run import EvalConfig
+
+    data = load_yaml(args.config) if args.config else {}
+    for text in args.set:
+        merge(data, *parse_override(text))
+    given: dict[str, Any] = {field: getattr(args, attr) for attr, field in _FIELDS.items()}
+    given["models"] = args.models or None
+    given["tasks"] = [t for t in args.tasks.split(",") if t] if args.tasks is not None else None
+    for field, value in given.items():
+        if value is not None and value != []:
+            merge(data, field.split("."), value)
+    return from_dict(EvalConfig, data, "eval")
+
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from mai.eval.generation import GenSettings
-    from mai.eval.run import run_eval
+    from mai.eval.run import run_eval_config
 
-    tasks = [t for t in (args.tasks or "").split(",") if t]
-    gen = GenSettings(args.samples, args.temperature, args.chat, args.max_new_tokens, args.seed,
-                      args.batch_size)
-    run_eval(args.models, tasks, args.out, args.limit, args.text, args.shards, args.split, args.batch_tokens,
-             args.device, args.max_length, precision=args.precision, gen=gen)
-    print(f"results    {args.out}/results.json, {args.out}/results.png")
-    if args.contamination:
-        from mai.eval.decontam import contamination
-        from mai.eval.report import write_json
-
-        report = contamination(tasks, args.contamination, args.ngram, args.limit)
-        for name, r in report.items():
-            print(f"contamination  {name:<14} {r['contaminated']:>6} of {r['examples']:>6} examples "
-                  f"({r['percent']:.2f}%) share a {r['ngram']}-gram with the training shards")
-        write_json(report, f"{args.out}/contamination.json")
+    cfg = eval_config(args)
+    run_eval_config(cfg)
+    print(f"results    {cfg.out}/results.json, {cfg.out}/results.png (config: {cfg.out}/config.yaml)")
 
 
 def register(sub) -> None:
     ev = sub.add_parser("eval", help="benchmarks (lm-eval conventions), perplexity and bits per byte")
-    ev.add_argument("models", nargs="+", help="model paths: .gguf, HF dir, mai export, run dir")
-    ev.add_argument("--tasks", default="", help="comma list: hellaswag,arc_easy,arc_challenge,piqa,"
+    ev.add_argument("models", nargs="*", help="model paths: .gguf, HF dir, mai export, run dir (= models)")
+    ev.add_argument("--config", help="a YAML eval config (the fields of mai.eval.run.EvalConfig)")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. gen.temperature=0.7")
+    ev.add_argument("--tasks", default=None, help="comma list: hellaswag,arc_easy,arc_challenge,piqa,"
                     "winogrande,boolq,mmlu,mmlu_5shot,lambada; generative: gsm8k,humaneval,mbpp,"
                     "minerva_math_500,drop,squad, or a .jsonl file of {prompt, answer}")
     ev.add_argument("--limit", type=int, default=None, help="first N examples per task (per MMLU subject)")
-    ev.add_argument("--text", nargs="*", default=[], help=".txt / .jsonl files for perplexity and bits/byte")
+    ev.add_argument("--text", nargs="*", default=None, help=".txt / .jsonl files: perplexity, bits/byte")
     ev.add_argument("--shards", default=None, help="token-shard directory for held-out perplexity")
-    ev.add_argument("--split", default="val", help="split of --shards")
-    ev.add_argument("--batch-tokens", type=int, default=4096, help="tokens per forward batch")
+    ev.add_argument("--split", default=None, help="split of --shards (default val)")
+    ev.add_argument("--batch-tokens", type=int, default=None, help="tokens per forward batch (default 4096)")
     ev.add_argument("--max-length", type=int, default=None, help="context window (default: the model's)")
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--device", default=None, help="default cpu")
     add_precision_flag(ev)
-    ev.add_argument("--out", default="runs/eval", help="folder for results.json and results.png")
-    ev.add_argument("--contamination", action="append", default=[], metavar="SHARD_DIR",
+    ev.set_defaults(precision=None)
+    ev.add_argument("--out", default=None, help="folder for results.json and results.png (default runs/eval)")
+    ev.add_argument("--contamination", action="append", default=None, metavar="SHARD_DIR",
                     help="report the task examples sharing an n-gram with these training shards (repeatable)")
-    ev.add_argument("--ngram", type=int, default=13, help="n-gram length of the contamination report")
-    ev.add_argument("--samples", type=int, default=1, help="generative tasks: answers per question (pass@k)")
-    ev.add_argument("--temperature", type=float, default=0.0, help="generative tasks: 0 = greedy")
-    ev.add_argument("--chat", action="store_true", help="generative tasks: prompt through the chat template")
+    ev.add_argument("--ngram", type=int, default=None, help="n-gram length of the contamination report (13)")
+    ev.add_argument("--samples", type=int, default=None, help="generative: answers per question (pass@k)")
+    ev.add_argument("--temperature", type=float, default=None, help="generative tasks: 0 = greedy")
+    ev.add_argument("--chat", action="store_true", default=None,
+                    help="generative tasks: prompt through the chat template")
     ev.add_argument("--max-new-tokens", type=int, default=None, help="generative tasks: at most N tokens")
-    ev.add_argument("--batch-size", type=int, default=8, help="generative tasks: requests decoded together")
-    ev.add_argument("--seed", type=int, default=1234, help="generative tasks: sampling seed")
+    ev.add_argument("--batch-size", type=int, default=None, help="generative: requests decoded together")
+    ev.add_argument("--seed", type=int, default=None, help="generative tasks: sampling seed")
     ev.set_defaults(func=cmd_eval)

@@ -1,16 +1,20 @@
 """``mai eval``: every requested model on every requested task (log-likelihood or generative) and text set,
-then table, JSON and chart."""
+then table, JSON and chart. :class:`EvalConfig` holds every flag, and a run saves it as ``OUT/config.yaml``
+so ``mai eval --config OUT/config.yaml`` repeats it."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+import yaml
 
+from mai.config import to_dict
 from mai.errors import MaiError
 from mai.eval.gen_tasks import GEN_TASKS, GenTask, get_gen_task
 from mai.eval.generation import GenSettings, run_gen_task
@@ -19,6 +23,45 @@ from mai.eval.perplexity import shard_perplexity, text_documents, text_perplexit
 from mai.eval.report import plot, table, write_json
 from mai.eval.scoring import LoglikScorer
 from mai.eval.tasks import TASKS, Task
+from mai.fileio import atomic_write_text
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    models: list[str] = dataclasses.field(default_factory=list)  # .gguf, HF dir, mai export, run dir
+    tasks: list[str] = dataclasses.field(default_factory=list)  # benchmark names or .jsonl task files
+    out: str = "runs/eval"  # results.json, results.png, config.yaml, samples/
+    limit: int | None = None  # first N examples per task (per MMLU subject)
+    texts: list[str] = dataclasses.field(default_factory=list)  # .txt / .jsonl files for perplexity
+    shards: str | None = None  # token-shard directory for held-out perplexity
+    split: str = "val"
+    batch_tokens: int = 4096
+    device: str = "cpu"
+    max_length: int | None = None  # context window (default: the model's)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    gen: GenSettings = dataclasses.field(default_factory=GenSettings)  # generative tasks
+    contamination: list[str] = dataclasses.field(default_factory=list)  # training shard dirs to check
+    ngram: int = 13  # n-gram length of the contamination report
+
+
+def run_eval_config(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Save ``cfg`` as OUT/config.yaml, evaluate, and write the contamination report when asked; returns
+    the results (and ``contamination`` when computed)."""
+    if not cfg.models:
+        raise MaiError("no model to evaluate: give model paths (or models: [...] in the config)")
+    atomic_write_text(Path(cfg.out) / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    results = run_eval(cfg.models, cfg.tasks, cfg.out, cfg.limit, cfg.texts, cfg.shards, cfg.split,
+                       cfg.batch_tokens, cfg.device, cfg.max_length, echo, cfg.precision, cfg.gen)
+    if not cfg.contamination:
+        return {"results": results}
+    from mai.eval.decontam import contamination
+
+    report = contamination(cfg.tasks, cfg.contamination, cfg.ngram, cfg.limit)
+    for name, r in report.items():
+        echo(f"contamination  {name:<14} {r['contaminated']:>6} of {r['examples']:>6} examples "
+             f"({r['percent']:.2f}%) share a {r['ngram']}-gram with the training shards")
+    write_json(report, Path(cfg.out) / "contamination.json")
+    return {"results": results, "contamination": report}
 
 
 def resolve_tasks(names: Sequence[str]) -> tuple[list[Task], list[GenTask]]:

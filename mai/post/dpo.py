@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mai.errors import MaiError
+from mai.fileio import atomic_write_text
 from mai.post.chat_data import (
     Encoded,
     check_messages,
@@ -35,6 +37,20 @@ from mai.train.config import RunConfig
 from mai.train.trainer import BatchSource, TrainResult, train
 
 Pair = tuple[list[dict[str, str]], str, str]  # prompt messages, chosen, rejected
+
+
+@dataclass
+class DPOOptions:
+    """`mai dpo`'s own settings as config fields, saved in the run's config.yaml with the rest."""
+
+    data: list[str] = field(default_factory=list)  # JSONL of {prompt, chosen, rejected}; empty = demo pairs
+    beta: float = 0.1  # DPO temperature β
+    demo_limit: int = 200  # chitchat demo pairs (when data is empty)
+
+
+@dataclass
+class DPORunConfig(RunConfig):
+    dpo: DPOOptions = field(default_factory=DPOOptions)
 
 
 def read_pairs(path: str | Path) -> list[tuple[Pair, str]]:
@@ -153,6 +169,11 @@ def run_dpo(cfg: RunConfig, data_files: list[str], beta: float = 0.1,
     pairs = [p for f in data_files for p in read_pairs(f)] if data_files else demo_pairs(demo_limit)
     data_dir = Path(cfg.train.out_dir) / "data"
     meta = prepare_dpo(pairs, reference.tokenizer, reference.model, data_dir, cfg.data.seq_len)
-    (data_dir / "meta.json").write_text(json.dumps({**meta, "beta": beta}, indent=1) + "\n")
+    atomic_write_text(data_dir / "meta.json", json.dumps({**meta, "beta": beta}, indent=1) + "\n")
     del reference
     return train(cfg, dpo_source(data_dir, beta, cfg.train.batch_size)), meta
+
+
+def run_dpo_config(cfg: DPORunConfig) -> tuple[TrainResult, dict[str, Any]]:
+    """:func:`run_dpo` with every option taken from the config (which the run saves as config.yaml)."""
+    return run_dpo(cfg, cfg.dpo.data, cfg.dpo.beta, cfg.dpo.demo_limit)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,23 @@ from mai.post.chat_data import Encoded, check_messages, encode_conversation, pac
 from mai.tokenizer import MaiTokenizer
 from mai.train.config import RunConfig
 from mai.train.trainer import BatchSource, TrainResult, train
+
+
+@dataclass
+class SFTOptions:
+    """What `mai sft` trains on and how; every flag of the command is a field, so a run's config.yaml repeats
+    it (`mai sft --config RUN/config.yaml`)."""
+
+    data: list[str] = field(default_factory=list)  # JSONL conversation files; empty = the chitchat demo
+    synth: list[str] = field(default_factory=list)  # `mai data synth` work dirs: instruction data
+    lora_rank: int = 0  # 0 = full fine-tuning
+    packing: bool = True  # several conversations per row
+    demo_limit: int = 400  # conversations of the chitchat demo (when data is empty)
+
+
+@dataclass
+class SFTRunConfig(RunConfig):
+    sft: SFTOptions = field(default_factory=SFTOptions)
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
@@ -137,3 +155,9 @@ def run_sft(cfg: RunConfig, data_files: list[str], lora_rank: int = 0, packing: 
     data_dir = Path(cfg.train.out_dir) / "data"
     meta = prepare_sft(items, tok, data_dir, cfg.data.seq_len, packing=packing)
     return train(cfg, sft_source(data_dir, cfg.train.batch_size, lora_rank)), meta
+
+
+def run_sft_config(cfg: SFTRunConfig) -> tuple[TrainResult, dict[str, Any]]:
+    """:func:`run_sft` with every option taken from the config (which the run saves as config.yaml)."""
+    o = cfg.sft
+    return run_sft(cfg, o.data, o.lora_rank, o.packing, o.demo_limit, o.synth)

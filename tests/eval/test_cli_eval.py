@@ -50,3 +50,22 @@ def test_bits_per_byte_is_total_nll_over_bytes(tiny_dir):
     assert math.isclose(got.bits_per_byte, nll / math.log(2) / got.bytes, rel_tol=1e-5)
     windows = text_perplexity(model, tok, [text], max_length=4)  # disjoint windows: same tokens scored
     assert windows.tokens == got.tokens
+
+
+def test_saved_eval_config_repeats_the_run(tiny_dir, tmp_path):
+    import yaml
+
+    text = tmp_path / "held_out.txt"
+    text.write_text("Rivers carry water from the hills down to the sea. " * 10)
+    first = mai("eval", str(tiny_dir), "--text", str(text), "--limit", "2", "--precision", "fp32",
+                "--out", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stderr
+    saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    assert saved["models"] == [str(tiny_dir)] and saved["texts"] == [str(text)] and saved["limit"] == 2
+    assert saved["gen"]["temperature"] == 0.0 and saved["precision"] == "fp32"
+    again = mai("eval", "--config", str(tmp_path / "a" / "config.yaml"), "--set", f"out={tmp_path / 'b'}")
+    assert again.returncode == 0, again.stderr
+    results = [json.loads((tmp_path / d / "results.json").read_text())["results"] for d in "ab"]
+    assert results[0] == results[1]
+    bad = mai("eval", str(tiny_dir), "--set", "gen.temprature=1", "--out", str(tmp_path / "c"))
+    assert bad.returncode == 2 and "unknown config key 'eval.gen.temprature'" in bad.stderr

@@ -76,3 +76,24 @@ def test_bad_pairs_name_the_line(tmp_path, record, message):
     f.write_text(json.dumps(record) + "\n")
     with pytest.raises(MaiError, match=f"{f}:{message}"):
         read_pairs(f)
+
+
+def test_beta_and_data_are_saved_config_fields(tiny_dir, tmp_path):
+    import yaml
+
+    pairs = write_pairs(tmp_path / "p.jsonl")
+    common = ["data.seq_len=128", "train.batch_size=4", "train.max_steps=3", "train.log_every=1",
+              "optim.warmup_steps=1", "optim.lr=1e-3", "train.progress=false", "train.precision=fp32",
+              "train.threads=1", "train.peak_tflops=1"]
+    runs = {}
+    for name, args in (("first", ["--model", str(tiny_dir), "--data", str(pairs), "--beta", "0.3", *common]),
+                       ("again", ["--config", str(tmp_path / "first" / "config.yaml")])):
+        runs[name] = tmp_path / name
+        proc = subprocess.run([sys.executable, "-m", "mai.cli", "dpo", *args, f"train.out_dir={runs[name]}"],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = yaml.safe_load((runs["first"] / "config.yaml").read_text())
+    assert saved["dpo"] == {"data": [str(pairs)], "beta": 0.3, "demo_limit": 200}
+    margins = {n: [json.loads(line).get("reward_margin") for line in
+                   (r / "metrics.jsonl").read_text().splitlines()] for n, r in runs.items()}
+    assert margins["first"] == margins["again"] and len(margins["first"]) >= 3

@@ -62,3 +62,27 @@ def test_lora_trains_adapters_and_merges(tiny_dir, tmp_path):
     assert set(base) == set(tuned)  # merged: plain weights, no adapter tensors
     assert not torch.equal(base["layers.0.attention.wq.weight"], tuned["layers.0.attention.wq.weight"])
     assert torch.equal(base["tok_embeddings.weight"], tuned["tok_embeddings.weight"])  # frozen
+
+
+def test_saved_config_repeats_the_run(tiny_dir, tmp_path):
+    """Every flag is a config field: the run's config.yaml alone repeats it, to the same losses."""
+    import yaml
+
+    data = chats(tmp_path)
+    run = tmp_path / "first"
+    sft("--model", str(tiny_dir), "--data", str(data), "--lora-rank", "2", "--no-packing",
+        f"train.out_dir={run}", *ARGS)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["sft"] == {"data": [str(data)], "synth": [], "lora_rank": 2, "packing": False,
+                            "demo_limit": 400}
+    assert saved["train"]["init_from"] == str(tiny_dir)
+    again = tmp_path / "again"
+    sft("--config", str(run / "config.yaml"), f"train.out_dir={again}")
+    assert losses(again) == losses(run)
+
+
+def test_unknown_sft_key_is_an_error(tiny_dir, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mai.cli", "sft", "--model", str(tiny_dir),
+                           "sft.lora=4", f"train.out_dir={tmp_path}"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "unknown config key 'config.sft.lora'" in proc.stderr
