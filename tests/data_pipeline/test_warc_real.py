@@ -147,9 +147,11 @@ def test_resiliparse_engine_on_real_pages(tmp_path: Path, wiki: list[str]) -> No
 
     article = wiki[0].split("\n\n")
     prose = [t.split("\n\n")[1] for t in wiki[1:4]]
-    layout = "<html><body><table>" + "".join(f"<tr><td>{p}</td></tr>" for p in prose) + "</table></body></html>"
+    rows = "".join(f"<tr><td>{p}</td></tr>" for p in prose)
+    layout = f"<html><body><table>{rows}</table></body></html>"
     utf8 = "text/html; charset=utf-8"
-    _warc(tmp_path / "pages.warc.gz", [("http://article.example.org/", html_page("A", article).encode(), utf8),
+    page = html_page("A", article).encode()
+    _warc(tmp_path / "pages.warc.gz", [("http://article.example.org/", page, utf8),
                                        ("http://layout.example.org/", layout.encode(), utf8)])
     (tmp_path / "iana.warc.gz").write_bytes(member(PYWB, f"{WARCS}/iana.warc.gz"))
     paths = [str(tmp_path / "*.warc.gz")]
