@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,15 +25,24 @@ FORMAT = "mai-native-v1"
 
 def save_native(state_dict: dict[str, torch.Tensor], cfg: ModelConfig, out: Path,
                 tokenizer_dir: Path | None = None) -> Path:
-    """Write an exported model directory atomically (a folder renamed into place when complete)."""
+    """Write an exported model directory atomically from a whole state dict (see :func:`stage_model_dir`)."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    if cfg.tie_embeddings:
+        tensors.pop("output.weight", None)  # the same storage as tok_embeddings.weight
+    return stage_model_dir(out, cfg, tokenizer_dir,
+                           lambda path: save_file(tensors, str(path), metadata={"format": FORMAT}))
+
+
+def stage_model_dir(out: Path, cfg: ModelConfig, tokenizer_dir: Path | None,
+                    write_weights: Callable[[Path], None]) -> Path:
+    """An exported model directory (``model.safetensors`` written by ``write_weights``, ``config.json``,
+    the tokenizer's files) staged in ``OUT.partial`` and renamed into place when complete, so a reader
+    never sees half a model and an old one is replaced whole."""
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    if cfg.tie_embeddings:
-        tensors.pop("output.weight", None)  # the same storage as tok_embeddings.weight
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+    write_weights(tmp / "model.safetensors")
     (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(cfg)}, indent=2))
     if tokenizer_dir is not None:
         for f in Path(tokenizer_dir).iterdir():

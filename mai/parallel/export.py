@@ -9,12 +9,9 @@ to rank 0 from the pipeline stage that holds it), or read from the checkpoint la
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -24,7 +21,7 @@ from torch.distributed.tensor import DTensor
 
 from mai.config import from_dict
 from mai.errors import MaiError
-from mai.interop.native import FORMAT
+from mai.interop.native import FORMAT, stage_model_dir
 from mai.model.config import ModelConfig
 from mai.model.transformer import Transformer
 from mai.parallel.stream_write import SafetensorsStream
@@ -40,32 +37,17 @@ def model_layout(cfg: ModelConfig) -> dict[str, tuple[torch.dtype, tuple[int, ..
     return {name: (t.dtype, tuple(t.shape)) for name, t in state.items()}
 
 
-def write_model_dir(out: Path, cfg: ModelConfig, tensors: Iterator[tuple[str, torch.Tensor]] | None,
+def write_model_dir(out: Path, cfg: ModelConfig, tensors: Iterator[tuple[str, torch.Tensor]],
                     tokenizer_dir: Path | None = None) -> Path:
-    """Write an exported model directory atomically (a folder renamed into place when complete) from
-    ``tensors`` in :class:`SafetensorsStream` order. ``tensors`` None: this rank only takes part in the
-    gathering (see :func:`export_model`), rank 0 writes."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with SafetensorsStream(tmp / "model.safetensors", model_layout(cfg), {"format": FORMAT}) as stream:
-        for name, tensor in tensors:
-            stream.write(name, tensor)
-    (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(cfg)}, indent=2))
-    if tokenizer_dir is not None:
-        for f in Path(tokenizer_dir).iterdir():
-            if f.is_file():
-                shutil.copy2(f, tmp / f.name)
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    return out
+    """Write an exported model directory atomically from ``tensors`` in :class:`SafetensorsStream` order
+    (rank 0 writes; the other ranks only iterate :func:`gathered_tensors`, see :func:`export_model`)."""
+
+    def write(path: Path) -> None:
+        with SafetensorsStream(path, model_layout(cfg), {"format": FORMAT}) as stream:
+            for name, tensor in tensors:
+                stream.write(name, tensor)
+
+    return stage_model_dir(out, cfg, tokenizer_dir, write)
 
 
 def gathered_tensors(model: torch.nn.Module, layout: dict[str, tuple[torch.dtype, tuple[int, ...]]],
