@@ -7,14 +7,18 @@ generates greedily with end-of-sequence ignored; a run of 1 new token times the 
 tokens adds N decode steps, so decode tokens/s = N / (t(1 + N) − t(1)) and prefill tokens/s =
 prompt length / t(1), on every side alike. mai is measured on its single-request path (``Generation``,
 what ``mai generate`` runs) and on the batched engine with one request (what ``mai serve`` runs), and
-with ``--compiled`` also through ``torch.compile`` (``mai generate --compile``), in float32 and on the
-GGUF's own Q4_1/Q8_0 blocks (``--quant gguf``: dequantized, bit for bit the float32 weights both other
-sides hold). With ``--llama-cpp``, llama.cpp (``llama-cpp-python``) runs the same GGUF file, greedy, with
-its KV cache reset before every run. Rounds alternate between the sides so load from other processes
-hits all of them; medians are printed, and each ratio is the median of the per-round ratios.
+with ``--gguf`` on the GGUF's own Q4_1/Q8_0 blocks (``--quant gguf``: the blocks dequantize bit for bit
+to the float32 weights the other sides hold; where the CPU has AVX-512 VNNI they run through
+mai.infer.kernels.qmatmul, activations rounded to int8 per block as llama.cpp does), and with
+``--compiled`` also through ``torch.compile`` (``mai generate --compile``), in float32 and on the blocks.
+With ``--llama-cpp``, llama.cpp (``llama-cpp-python``) runs the same GGUF file, greedy, with its KV cache
+reset before every run, on as many threads as torch; each side then also gets a ratio to it. Rounds
+alternate between the sides so load from other processes hits all of them; medians are printed, and each
+ratio is the median of the per-round ratios. ``--no-transformers`` leaves transformers out (ratios then
+go to llama.cpp only).
 
     python benchmarks/decode_throughput.py [--new-tokens 64] [--prompt 128] [--prefill 512] [--rounds 3]
-        [--threads 1] [--int8] [--compiled] [--llama-cpp]
+        [--threads 1] [--int8] [--gguf] [--compiled] [--llama-cpp] [--no-transformers]
 """
 
 from __future__ import annotations
@@ -80,6 +84,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--int8", action="store_true", help="also time mai with int8 weights")
+    ap.add_argument("--gguf", action="store_true", help="also time mai on the GGUF's own blocks")
+    ap.add_argument("--no-transformers", action="store_true", help="leave transformers out")
     ap.add_argument("--compiled", action="store_true", help="also time mai's compiled decoding")
     ap.add_argument("--llama-cpp", action="store_true", help="also time llama.cpp on the same GGUF")
     args = ap.parse_args()
@@ -89,9 +95,10 @@ def main() -> None:
 
     loaded = load_model(smollm2_gguf(), max_seq_len=2048)
     tok = loaded.tokenizer
-    with tempfile.TemporaryDirectory() as tmp:
-        export_hf(loaded, tmp)
-        hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+    if not args.no_transformers:
+        with tempfile.TemporaryDirectory() as tmp:
+            export_hf(loaded, tmp)
+            hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
     short, long = prompt_ids(tok, args.prompt), prompt_ids(tok, args.prefill)
     engine = Engine(loaded.model, tok.decode, stop_ids=(), max_batch=1, max_len=2048)
 
@@ -113,11 +120,15 @@ def main() -> None:
                               pad_token_id=tok.pad_id if tok.pad_id is not None else tok.eos_id)
         assert out.shape[1] == len(ids) + n
 
-    sides = {"mai (Generation)": mai_generate(loaded.model), "mai (Engine, batch 1)": mai_engine,
-             "transformers generate": hf_generate}
+    sides = {"mai (Generation)": mai_generate(loaded.model), "mai (Engine, batch 1)": mai_engine}
+    if not args.no_transformers:
+        sides["transformers generate"] = hf_generate
     if args.int8:
         q = load_model(smollm2_gguf(), max_seq_len=2048).model
         sides["mai int8 (Generation)"] = mai_generate(apply_quant(q, "int8"))
+    if args.gguf:
+        blocks = apply_quant(load_model(smollm2_gguf(), max_seq_len=2048).model, "gguf", smollm2_gguf())
+        sides["mai GGUF blocks (Generation)"] = mai_generate(blocks)
     if args.compiled:
         sides["mai compiled float32"] = mai_generate(loaded.model, CompiledDecoder(loaded.model))
         blocks = apply_quant(load_model(smollm2_gguf(), max_seq_len=2048).model, "gguf", smollm2_gguf())
@@ -136,22 +147,29 @@ def main() -> None:
             prefill[name].append(args.prefill / timed(lambda run=run: run(long, 1)))
             print(f"{TAG} round {r + 1} {name}: decode {decode[name][-1]:.1f} tok/s, "
                   f"prefill {prefill[name][-1]:.0f} tok/s", flush=True)
-    base = "transformers generate"
+    bases = [b for b in ("transformers generate", "llama.cpp (llama-cpp-python)") if b in sides]
+    if not bases:
+        raise SystemExit("nothing to compare with: keep transformers or add --llama-cpp")
     print(f"\n{TAG} SmolLM2-135M float32 on every side (precision auto would pick "
           f"{choose_precision('auto', 'cpu', DECODE_ROWS).name} for batch-1 decoding here), "
           f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"{torch.get_num_threads()} threads; decode: prompt {args.prompt} + {args.new_tokens} new tokens; "
           f"prefill: {args.prefill} tokens; medians of {args.rounds} rounds; the ratio is the median of each "
           "round's ratio (the sides of one round ran back to back, under the same load)\n")
-    print("| | decode tok/s (batch 1) | × transformers | prefill tok/s | × transformers | decode by round | "
+    short_name = {"transformers generate": "transformers", "llama.cpp (llama-cpp-python)": "llama.cpp"}
+    ratio_cols = [f"{kind} × {short_name[b]}" for kind in ("decode", "prefill") for b in bases]
+    print("| | decode tok/s (batch 1) | prefill tok/s | " + " | ".join(ratio_cols) + " | decode by round | "
           "machine |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---" * (5 + len(ratio_cols)) + "|")
+
+    def ratio(values: dict[str, list[float]], name: str, base: str) -> str:
+        return f"{statistics.median(a / b for a, b in zip(values[name], values[base], strict=True)):.2f}×"
+
     for name in sides:
         d, p = statistics.median(decode[name]), statistics.median(prefill[name])
-        rd = statistics.median(a / b for a, b in zip(decode[name], decode[base], strict=True))
-        rp = statistics.median(a / b for a, b in zip(prefill[name], prefill[base], strict=True))
+        ratios = [ratio(values, name, b) for values in (decode, prefill) for b in bases]
         rounds = ", ".join(f"{v:.1f}" for v in decode[name])
-        print(f"| {name} | {d:.1f} | {rd:.2f}× | {p:.0f} | {rp:.2f}× | {rounds} | {TAG} |")
+        print(f"| {name} | {d:.1f} | {p:.0f} | " + " | ".join(ratios) + f" | {rounds} | {TAG} |")
 
 if __name__ == "__main__":
     main()

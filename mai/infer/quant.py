@@ -1,17 +1,18 @@
 """int8 weight-only quantization for local inference (its perplexity cost: docs/serving.md).
 
 Every ``nn.Linear`` of the decoder blocks keeps its weight as int8 with one float scale per output
-channel (symmetric: ``w ≈ q · s``, ``s = max|w_row| / 127``), a quarter of the float32 bytes. Each call
-casts the int8 weight to the activation dtype on the fly and scales the output channels:
-``(x @ qᵀ) · s``. Decoding one token reads every weight once, so reading a quarter of the bytes makes
-batch-1 decode faster on a memory-bound CPU (docs/benchmarks.md) — as long as the cast copy of one
-matrix stays in cache. That is why the output head stays float: its cast copy (vocabulary × d_model) is
-as large as the float weight and measured 2.5× slower at decode when quantized; SmolLM2-style models
-also tie it to the embeddings, so quantizing it would add a copy rather than save one. torch's fused
-``_weight_int8pack_mm`` was tried on this CPU build and is slower (its cost grows linearly with the rows
-of ``x``: ~20× float32 for a 512-token prefill), so the plain cast is kept. The model file is untouched;
-quantization is applied after loading (``mai serve`` catalog field ``quant: int8``,
-``mai generate --quant int8``).
+channel (symmetric: ``w ≈ q · s``, ``s = max|w_row| / 127``), a quarter of the float32 bytes. On a CPU
+with AVX-512 VNNI, inference runs the product in the compiled int8 kernel
+(:mod:`mai.infer.kernels.qmatmul`, activations quantized to int8 per 32 values): eagerly wherever a
+timing on this machine shows it faster, in compiled graphs as the eager timing decided; otherwise each
+call casts the int8 weight to the activation dtype on the fly and scales the output channels: ``(x @ qᵀ)
+· s``. Decoding one token reads every weight once, so reading a quarter of the bytes makes batch-1 decode
+faster on a memory-bound CPU (docs/benchmarks.md). The output head stays float: SmolLM2-style models tie
+it to the embeddings, so quantizing it would add a copy rather than save one. torch's fused
+``_weight_int8pack_mm`` is no alternative on this CPU build: in float32 it runs a scalar loop (25× slower
+than the float32 product for 64 rows of a 1536 × 576 layer); it is fast only for bf16 activations. The
+model file is untouched; quantization is applied after loading (``mai serve`` catalog field ``quant:
+int8``, ``mai generate --quant int8``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mai.errors import MaiError
+from mai.infer.kernels.qmatmul import BLOCK, PackedWeight, fits, kernel_available
 from mai.model.swap import swap_children
 
 QUANT_MODES = ("none", "int8", "gguf")
@@ -43,22 +45,40 @@ class Int8Linear(nn.Module):
         w = linear.weight.detach().float()
         scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("qweight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        qweight = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
         self.register_buffer("scale", scale.to(linear.weight.dtype))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(),
                                                                   requires_grad=False)
+        self.kernel = None
+        if kernel_available() and fits(self.out_features, self.in_features):  # the codes live there only
+            groups = self.in_features // BLOCK
+            codes = (qweight.to(torch.int16) + 128).to(torch.uint8).reshape(-1, groups, BLOCK)
+            self.kernel = PackedWeight(codes, scale[:, None].expand(-1, groups), None, 8, 128)
+        else:
+            self.register_buffer("qweight", qweight)
+
+    def codes(self) -> torch.Tensor:
+        """The int8 weight codes [out, in]."""
+        if self.kernel is None:
+            return self.qweight
+        return (self.kernel.codes().to(torch.int16) - 128).to(torch.int8).reshape(self.out_features, -1)
 
     def dequantized(self) -> torch.Tensor:
         """The float weight this layer stands for (for tests and error measurement)."""
-        return self.qweight.to(self.scale.dtype) * self.scale[:, None]
+        return self.codes().to(self.scale.dtype) * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if compiled_one_row(x):  # 5x faster than float32 for a 49152 x 576 head on this CPU
-            y = (x.reshape(1, -1) * self.qweight.to(x.dtype)).sum(-1).reshape(*x.shape[:-1], -1)
+        if self.kernel is not None and self.kernel.chosen_for(x, self._cast_product, "int8"):
+            y = self.kernel(x)
+        elif compiled_one_row(x):  # 5x faster than float32 for a 49152 x 576 head on this CPU
+            y = (x.reshape(1, -1) * self.codes().to(x.dtype)).sum(-1).reshape(*x.shape[:-1], -1)
             y = y * self.scale.to(x.dtype)
         else:
-            y = F.linear(x, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
+            y = self._cast_product(x)
         return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def _cast_product(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.codes().to(x.dtype)) * self.scale.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
@@ -83,7 +103,7 @@ def apply_quant(model: nn.Module, mode: str | None, source: str | Path | None = 
             raise MaiError("quantization 'gguf' keeps a GGUF file's own quantized weights: load a .gguf file")
         from mai.infer.gguf_quant import apply_gguf_quant
 
-        apply_gguf_quant(model, source)
+        apply_gguf_quant(model, source, kernel=True)
         return model
     if mode != "int8":
         raise MaiError(f"unknown quantization '{mode}': choose one of {', '.join(QUANT_MODES)}")
