@@ -45,7 +45,8 @@ def register(sub) -> None:
     srv.add_argument("--model", help="serve one model: a .gguf, HF or mai directory, or bundled:smollm2")
     srv.add_argument("--name", default="default", help="the model name clients send (with --model)")
     srv.add_argument("--max-len", type=int, default=2048, help="context length served (with --model)")
-    srv.add_argument("--quant", default="none", choices=["none", "int8"], help="int8 weights (with --model)")
+    srv.add_argument("--quant", default="none", choices=["none", "int8", "gguf"],
+                     help="int8 weights, or a .gguf file's own Q4_0/Q4_1/Q8_0 blocks (with --model)")
     add_precision_flag(srv)
     srv.add_argument("--api-key", help="require this Bearer key (adds to the catalog's keys)")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")

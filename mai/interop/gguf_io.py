@@ -97,8 +97,8 @@ def gguf_config(fields: dict[str, Any], n_vocab: int, has_output: bool) -> dict[
     }
 
 
-def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]:
-    """(HF config mapping, HF-named float32 state dict, the reader's ``fields``) of a GGUF file."""
+def open_gguf(path: Path) -> tuple[Any, dict[str, Any]]:
+    """(a ``gguf.GGUFReader`` over ``path``, the HF config mapping of its model)."""
     try:
         import gguf
     except ImportError as exc:
@@ -110,7 +110,14 @@ def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]
     names = {t.name for t in reader.tensors}
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     n_vocab = len(tokens.data) if tokens is not None else 0
-    config = gguf_config(reader.fields, n_vocab, "output.weight" in names)
+    return reader, gguf_config(reader.fields, n_vocab, "output.weight" in names)
+
+
+def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]:
+    """(HF config mapping, HF-named float32 state dict, the reader's ``fields``) of a GGUF file."""
+    import gguf
+
+    reader, config = open_gguf(path)
     sd: dict[str, torch.Tensor] = {}
     for t in reader.tensors:
         hf = gguf_to_hf_name(t.name)

@@ -156,16 +156,9 @@ def _gguf_reader(path: Path) -> tuple[ModelConfig, Reader, set[str]]:
     """One whole dequantized tensor at a time (see the module docstring), then its box."""
     import gguf
 
-    from mai.interop.gguf_io import gguf_config, gguf_to_hf_name, rotary_heads, unpermute_rotary
+    from mai.interop.gguf_io import gguf_to_hf_name, open_gguf, rotary_heads, unpermute_rotary
 
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except (OSError, ValueError) as exc:
-        raise MaiError(f"{path} is not a readable GGUF file: {exc}") from exc
-    names = {t.name for t in reader.tensors}
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    n_vocab = len(tokens.data) if tokens is not None else 0
-    hf_cfg = gguf_config(reader.fields, n_vocab, "output.weight" in names)
+    reader, hf_cfg = open_gguf(path)
     by_mai = {}
     for t in reader.tensors:
         hf = gguf_to_hf_name(t.name)

@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP API over one :class:`~mai.infer.engine.Engine` per catalog model.
 
-Routes: POST /v1/chat/completions, /v1/completions, /v1/moderations; GET /v1/models, /health, /metrics,
-and the playground page at GET / (``playground.html``).
+Routes: POST /v1/chat/completions, /v1/completions, /v1/embeddings (:mod:`mai.serve.embeddings`),
+/v1/moderations; GET /v1/models, /health, /metrics, and the playground page at GET / (``playground.html``).
 Every /v1 route checks the API key and the key's rate limits (:mod:`mai.serve.guard`); bodies, prompts
 and max_tokens are bounded; prompts and completions pass the content filter; a generation
 (:mod:`mai.serve.serving`) stops the engine's work when its client goes away, streamed or not. Models
@@ -32,13 +32,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mai.errors import MaiError
 from mai.infer.engine import Engine, token_texts
-from mai.infer.sampling import SamplingParams
+from mai.infer.grammar import GrammarConstraints
+from mai.infer.speculative import make_proposer
 from mai.precision import SERVE_ROWS
 from mai.serve import errors
 from mai.serve.catalog import Catalog, KeyEntry, ModelEntry
+from mai.serve.embeddings import Embedder, EmbeddingList, EmbeddingRequest
 from mai.serve.errors import ApiError, ErrorResponse
 from mai.serve.guard import Guard
-from mai.serve.judge import Judge, openai_complete
+from mai.serve.judge import Judge, engine_complete, openai_complete
 from mai.serve.limits import KeyRing
 from mai.serve.metrics import Metrics
 from mai.serve.protocol import (
@@ -53,7 +55,9 @@ from mai.serve.protocol import (
     ModerationRequest,
 )
 from mai.serve.safety import SafetyFilter, SafetyResult
+from mai.serve.safety_classifier import BoundClassifier, bind
 from mai.serve.serving import Generation
+from mai.serve.tools import chat_messages
 from mai.tokenizer import MaiTokenizer
 
 PLAYGROUND = Path(__file__).parent / "playground.html"
@@ -78,6 +82,7 @@ class Server:
         self.safety = SafetyFilter()
         self.metrics = Metrics()
         self.judges: dict[str, Judge] = {}  # model name → its safety judge, where configured
+        self.classifiers: dict[str, BoundClassifier] = {}  # model name → its hidden-state classifier
         self.load_error: str | None = None
         self.ready = threading.Event()
         self.limits = catalog.limits
@@ -88,17 +93,30 @@ class Server:
         from mai.infer.load import load_for_inference
 
         try:
+            models = {entry.name: load_for_inference(entry.path, entry.quant, entry.precision,
+                                                     rows=min(entry.max_batch, SERVE_ROWS),
+                                                     max_seq_len=entry.max_len)[0]
+                      for entry in self.catalog.models}
             for entry in self.catalog.models:
-                loaded, _ = load_for_inference(entry.path, entry.quant, entry.precision,
-                                               rows=min(entry.max_batch, SERVE_ROWS),
-                                               max_seq_len=entry.max_len)
+                loaded = models[entry.name]
                 tok = loaded.tokenizer
+                spec = entry.speculative
                 engine = Engine(loaded.model, tok.decode, tok.stop_ids, max_batch=entry.max_batch,
-                                token_texts=token_texts(tok.decode, loaded.cfg.vocab_size))
+                                token_texts=token_texts(tok.decode, loaded.cfg.vocab_size),
+                                constraints=GrammarConstraints.for_tokenizer(tok, loaded.cfg.vocab_size),
+                                speculative=make_proposer(spec.method, models[spec.draft_model].model
+                                                          if spec.draft_model else None),
+                                num_speculative_tokens=spec.tokens)
                 engine.start()
                 self.models[entry.name] = Served(entry, engine, tok, int(time.time()))
                 self.metrics.watch(entry.name, lambda e=engine: e.n_running, lambda e=engine: e.n_waiting)
+                self.metrics.watch_engine(entry.name, engine.stats)
             for entry in self.catalog.models:
+                served = self.models[entry.name]
+                bound = bind(entry.safety.classifier, served.engine.model, served.tokenizer.encode,
+                             entry.name)
+                if bound is not None:
+                    self.classifiers[entry.name] = bound
                 if entry.safety.judge_model:
                     self.judges[entry.name] = self._judge(entry.safety.judge_model)
         except MaiError as exc:
@@ -113,22 +131,18 @@ class Server:
         served = self.models.get(spec)
         if served is None:
             return Judge(openai_complete(spec), spec)
-
-        def complete(prompt: str) -> str:
-            tok = served.tokenizer
-            ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                                     add_generation_prompt=True))
-            return served.engine.generate(ids, SamplingParams(max_tokens=16, temperature=0)).text
-
-        return Judge(complete, spec)
+        return Judge(engine_complete(served.engine, served.tokenizer), spec)
 
     async def check(self, served: Served, text: str, level: str, role: str) -> SafetyResult:
-        """The content filter, with the model's judge (off the event loop) where one is configured."""
+        """The content filter, with the model's classifier and judge (off the event loop) where configured."""
         judge = self.judges.get(served.entry.name)
-        if judge is None or level == "off":
+        classifier = self.classifiers.get(served.entry.name)
+        if level == "off" or (judge is None and classifier is None):
             return self.safety.check(text, level)
+        if judge is None:
+            return await asyncio.to_thread(self.safety.check, text, level, None, role, classifier)
         try:
-            return await asyncio.to_thread(self.safety.check, text, level, judge, role)
+            return await asyncio.to_thread(self.safety.check, text, level, judge, role, classifier)
         except Exception as exc:  # unreachable, timed out, prompt too long for it: fail closed
             raise ApiError(503, f"the safety judge {judge.name} is unavailable: {str(exc)[:200]}",
                            "judge_unavailable") from None
@@ -209,6 +223,12 @@ class Server:
                            f"{served.engine.error or 'its engine has stopped'}", "engine_unavailable")
         return served
 
+    def moderation_classifier(self, model: str | None) -> BoundClassifier | None:
+        """/v1/moderations reads out the named model's classifier, else the first served one's."""
+        if model in self.classifiers:
+            return self.classifiers[model]
+        return next(iter(self.classifiers.values()), None)
+
     def safety_level(self, served: Served, key: KeyEntry | None, where: str) -> str:
         if key is not None and where in key.safety:
             return key.safety[where]
@@ -238,7 +258,7 @@ def _served_limits(schemas: dict[str, Any], catalog: Catalog) -> None:
     """This server's own bounds in the request schemas: the served model names (as examples) and the
     max_tokens limit, so that a client (or a fuzzer) reading the document can send what is served."""
     names = [m.name for m in catalog.models]
-    for name in ("ChatRequest", "CompletionRequest"):
+    for name in ("ChatRequest", "CompletionRequest", "EmbeddingRequest"):
         props = schemas.get(name, {}).get("properties", {})
         if "model" in props:
             props["model"]["examples"] = names
@@ -277,6 +297,7 @@ def _openapi(app: FastAPI, catalog: Catalog) -> None:
 
 def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
     server = Server(catalog)
+    embedder = Embedder(server)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -287,6 +308,7 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
             server.load()
         yield
         server.shutdown()
+        embedder.close()
 
     app = FastAPI(title="mai", docs_url=None, redoc_url=None, lifespan=lifespan, strict_content_type=False)
     app.state.server = server
@@ -323,11 +345,17 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
     async def moderations(body: ModerationRequest) -> dict[str, Any]:
         results = []
         for text in body.inputs():
-            r = server.safety.check(text, "medium")
+            r = await asyncio.to_thread(server.safety.check, text, "medium", None, "User",
+                                        server.moderation_classifier(body.model))
             results.append({"flagged": r.flagged,
                             "categories": {c.replace("_", "-"): s >= 4 for c, s in r.severity.items()},
                             "category_scores": {c.replace("_", "-"): v for c, v in r.scores().items()}})
         return {"id": f"modr-{uuid.uuid4().hex}", "model": body.model or "mai-safety", "results": results}
+
+    @app.post("/v1/embeddings", response_model=None,
+              responses={200: {"model": EmbeddingList}, **_errors(400, 401, 404, 408, 413, 429, 500, 503)})
+    async def embeddings(request: Request, body: EmbeddingRequest) -> dict[str, Any]:
+        return await embedder.create(body, request.state.key)
 
     async def screen_prompt(served: Served, key: KeyEntry | None, text: str) -> SafetyResult:
         result = await server.check(served, text, server.safety_level(served, key, "prompt"), "User")
@@ -339,7 +367,8 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
 
     async def generate(request: Request, served: Served, body: ChatRequest | CompletionRequest,
                        ids: list[int], prompt_result: SafetyResult, prefix: str = "") -> Any:
-        ctx = ModelContext(len(ids), served.engine.max_len, served.engine.model.cfg.vocab_size)
+        ctx = ModelContext(len(ids), served.engine.max_len, served.engine.model.cfg.vocab_size,
+                           served.engine.constraints, served.tokenizer.chat_template)
         params = body.to_sampling_params(server.limits, ctx)
         gen = Generation(server, served, body, ids, params, prompt_result, request.state.key, prefix)
         gen.submit()
@@ -348,12 +377,11 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
     @app.post("/v1/chat/completions", response_model=None, responses=_generation_docs(ChatCompletion))
     async def chat_completions(request: Request, body: ChatRequest) -> Any:
         served = server.model(body.model)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in body.messages]
+        messages, tools = chat_messages(body, served.tokenizer.chat_template)
         prompt_result = await screen_prompt(served, request.state.key,
                                             "\n".join(m["content"] for m in messages))
         try:
-            text = served.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            text = served.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools)
         except MaiError as exc:
             raise ApiError(400, str(exc), "invalid_value", "messages") from None
         return await generate(request, served, body, served.tokenizer.encode(text), prompt_result)

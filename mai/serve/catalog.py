@@ -6,7 +6,9 @@ on requests. A YAML or JSON file::
         path: bundled:smollm2      # a .gguf, a HF directory, a mai run/model directory
         max_batch: 32
         max_len: 2048              # context served (defaults to the model's, capped here)
-        quant: int8                # optional: int8 weight-only linear layers (default none)
+        quant: gguf                # optional: int8 weight-only linears, or gguf: the .gguf file's own
+                                   # Q4_0/Q4_1/Q8_0 blocks (default none: float weights)
+        pooling: mean              # /v1/embeddings: mean of the tokens' final states, or last (token)
         safety: {prompt: medium, completion: medium}   # block at this severity and above (or "off")
                                    # judge_model: a served name or http://host:port/v1#model (optional)
     api_keys:                      # none: the API is open (fine on 127.0.0.1)
@@ -22,13 +24,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from mai.config import from_dict, load_yaml
 from mai.errors import MaiError
-
-# The engine decodes many rows at once in eager mode, where int8 pays off; the GGUF block mode
-# ("gguf") is built for compiled batch-1 decoding (mai generate/chat) and would dequantize per step here.
-SERVED_QUANT = ("none", "int8")
+from mai.infer.quant import QUANT_MODES
 
 
 @dataclass
@@ -39,6 +39,19 @@ class SafetyConfig:
     # OpenAI-compatible server (key from MAI_JUDGE_API_KEY); asked about prompts and whole non-streamed
     # completions; streams are screened mid-way by the rules and classifier only
     judge_model: str | None = None
+    # the hidden-state classifier (mai.serve.safety_classifier, from `mai safety train`): a .pt path,
+    # "off", or unset = the one shipped for SmolLM2-135M-Instruct when this model is that model
+    classifier: str | None = None
+
+
+@dataclass
+class SpeculativeConfig:
+    """Speculative decoding of one served model (mai.infer.speculative): greedy answers stay exactly
+    the same, sampled ones keep their distribution; /metrics counts drafted and accepted tokens."""
+
+    method: Literal["off", "ngram", "draft"] = "off"  # ngram: prompt lookup; draft: a smaller model
+    draft_model: str | None = None  # method draft: another catalog model's name, with the same vocabulary
+    tokens: int = 4  # drafted per request and step
 
 
 @dataclass
@@ -47,9 +60,13 @@ class ModelEntry:
     path: str
     max_batch: int = 32
     max_len: int = 2048
-    quant: str = "none"  # "int8": weight-only int8 linear layers (mai.infer.quant), a quarter of the bytes
+    # "int8": weight-only int8 linears (mai.infer.quant); "gguf": a .gguf file's own blocks
+    # (mai.infer.gguf_quant). Either runs any batch through the VNNI kernel where the CPU has one.
+    quant: str = "none"
     precision: str = "auto"  # auto: bf16 only where it wins on a decode batch of 8 rows (mai.precision)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+    pooling: Literal["mean", "last"] = "mean"  # how /v1/embeddings pools the final hidden states
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
 
 
 @dataclass
@@ -85,8 +102,14 @@ class Catalog:
         if len(set(names)) != len(names):
             raise MaiError(f"the catalog names a model twice: {names}")
         for m in self.models:
-            if m.quant not in SERVED_QUANT:
-                raise MaiError(f"model {m.name}: quant '{m.quant}' is not one of {', '.join(SERVED_QUANT)}")
+            if m.quant not in QUANT_MODES:
+                raise MaiError(f"model {m.name}: quant '{m.quant}' is not one of {', '.join(QUANT_MODES)}")
+            spec = m.speculative
+            if spec.method == "draft" and (spec.draft_model not in names or spec.draft_model == m.name):
+                raise MaiError(f"model {m.name}: speculative.draft_model must name another model of the "
+                               f"catalog ({', '.join(n for n in names if n != m.name) or 'there is none'})")
+            if spec.tokens < 1:
+                raise MaiError(f"model {m.name}: speculative.tokens must be at least 1, got {spec.tokens}")
             for level in (m.safety.prompt, m.safety.completion):
                 if level not in ("low", "medium", "high", "off"):
                     raise MaiError(f"model {m.name}: safety level '{level}' is not low, medium, high or off")
