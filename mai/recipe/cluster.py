@@ -48,7 +48,7 @@ def cluster_commands(run: Path, stages: list[PlannedStage], preset: str | None =
             "sft": f"{_TORCHRUN} sft --config {cfg} train.out_dir={out} {_LAYOUT}",
             "dpo": f"{_TORCHRUN} dpo --config {cfg} train.out_dir={out} {_LAYOUT}",
             "eval": f"mai eval --config {cfg} --set out={out} --device cuda",
-            "export": f"python -c 'from mai.interop import load_model; from mai.recipe.gguf_export import "
+            "export": f"python -c 'from mai.interop import load_model; from mai.interop.gguf_write import "
                       f"write_gguf; write_gguf(load_model(\"{run}/dpo\"), \"{run}/export/model.gguf\")'",
             "serve": f"mai serve --catalog {out}/catalog.yaml --host 0.0.0.0 --api-key $KEY",
         }[name]

@@ -112,7 +112,7 @@ def export_plan(recipe: Recipe, run: Path) -> StagePlan:
         import torch
 
         from mai.interop import load_model
-        from mai.recipe.gguf_export import transformers_logits_gap, write_gguf
+        from mai.interop.gguf_write import transformers_logits_gap, write_gguf
 
         src = load_model(student)
         path = write_gguf(src, out / "model.gguf", cfg.qtype, recipe.name)

@@ -186,3 +186,23 @@ def test_cli_convert(tmp_path, capsys):
     assert torch.allclose(logits(back, TOKENS), logits(hf, TOKENS), atol=1e-5, rtol=0)
     assert main(["convert", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     assert "error: no checkpoint" in capsys.readouterr().err
+
+
+def test_cli_convert_to_gguf_loads_in_transformers(tmp_path, capsys):
+    """mai's own GGUF writer, from a mai export with its tokenizer: transformers reads an F32 file back with
+    the original logits, and a Q8_0 file with the logits mai's own GGUF reader gets from it."""
+    from mai.cli import main
+    from mai.interop import load_model
+    from tests.serve.conftest import tiny_model_dir
+
+    src = tiny_model_dir(tmp_path)
+    original = load_model(src).model.eval()
+    tokens = TOKENS % original.cfg.vocab_size  # the tiny model's vocabulary is 300
+    for qtype in ("F32", "Q8_0"):
+        out = tmp_path / f"model-{qtype}.gguf"
+        assert main(["convert", str(src), "--to", "gguf", "--qtype", qtype, "--out", str(out)]) == 0
+        assert f"GGUF {qtype}" in capsys.readouterr().out
+        back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name,
+                                                                 dtype=torch.float32).eval()
+        want = original if qtype == "F32" else load_model(out).model.eval()
+        assert torch.allclose(logits(back, tokens), logits(want, tokens), atol=1e-4, rtol=0), qtype

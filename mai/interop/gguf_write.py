@@ -1,7 +1,7 @@
 """Write a dense Llama-family model (any checkpoint `load_model` reads) as a self-contained GGUF file.
 
-mai/interop reads GGUF but had no writer; this one goes through the Hugging Face mapping that `mai convert`
-uses (``mai_to_hf_state_dict``), applies llama.cpp's rotary row order to Q/K (the inverse of what
+The writer goes through the Hugging Face mapping that `mai convert`'s HF export uses
+(``mai_to_hf_state_dict``), applies llama.cpp's rotary row order to Q/K (the inverse of what
 ``mai.interop.gguf_io`` undoes when reading), and stores the byte-level BPE tokenizer and chat template in
 GGUF's own keys, so `mai serve`, `gguf` and transformers load the one file with nothing beside it.
 2-D weights take ``qtype`` (Q8_0: 32-value blocks with one scale); norms stay F32.
