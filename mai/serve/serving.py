@@ -312,6 +312,8 @@ class Generation:
                     if text and self.server.safety.flags(shown[i] + text, self.level):  # mid-stream check
                         self.cancel(self.choices[i])
                         text, reason = "", "content_filter"
+                    elif reason not in (None, "content_filter") and await self._flagged(shown[i] + text):
+                        text, reason = "", "content_filter"
                     shown[i] += text
                     parser = parsers[i] if reason != "content_filter" else None
                     for piece in self._pieces(i, text, ev.logprobs, parser, final=reason is not None):
@@ -329,6 +331,11 @@ class Generation:
             yield "data: [DONE]\n\n"
         finally:
             self.cancel_all()  # a client that went away stops the engine's work
+
+    async def _flagged(self, answer: str) -> bool:
+        """The whole answer through the full filter (classifier, judge) at its end, as a non-streamed answer
+        goes: a stream's finish reason is the one the same request gets without streaming."""
+        return (await self.server.check(self.served, answer, self.level, "Agent")).flagged
 
     async def _drain(self, choice: Choice) -> None:
         while choice.req is not None and not choice.req.done.is_set():

@@ -13,7 +13,7 @@ from mai.serve.judge import Judge, judge_prompt, openai_complete, parse_verdict
 from mai.serve.safety import SafetyFilter
 from mai.serve.safety_eval import DATA, load_examples, measure
 
-from .conftest import free_port, http_client
+from .conftest import free_port, http_client, serve_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,8 @@ def test_verdict_parsing_and_prompt():
 
 def _judge_server(seen: list):
     """A stand-in for a Llama Guard deployment: an OpenAI-compatible chat endpoint on 127.0.0.1 that
-    answers 'unsafe / S11' when the conversation mentions vanishing and 'safe' otherwise."""
+    answers 'unsafe / S11' when the conversation mentions vanishing (or, for a model named flag-answers,
+    whenever it holds an answer) and 'safe' otherwise."""
     uvicorn = pytest.importorskip("uvicorn")
     from fastapi import FastAPI, Request
 
@@ -83,7 +84,8 @@ def _judge_server(seen: list):
         seen.append(body)
         text = body["messages"][-1]["content"]
         conversation = text.split("<BEGIN CONVERSATION>")[1].split("<END CONVERSATION>")[0]
-        verdict = "unsafe\nS11" if "vanish forever" in conversation else "safe"
+        flag_answers = "flag-answers" in body["model"] and "\nAgent:" in conversation
+        verdict = "unsafe\nS11" if "vanish forever" in conversation or flag_answers else "safe"
         return {"id": "x", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
                 "choices": [{"index": 0, "finish_reason": "stop",
                              "message": {"role": "assistant", "content": verdict}}],
@@ -153,3 +155,28 @@ def test_server_asks_a_served_judge_and_fails_closed_when_a_remote_one_is_down()
         assert err.value.status == 503 and err.value.code == "judge_unavailable"
     finally:
         server.shutdown()
+
+
+def test_a_completion_only_the_judge_flags_ends_alike_streamed_or_not(tiny_dir):
+    """The mid-stream check runs the rules only; the whole answer still goes through the judge at its end,
+    so a streamed answer that only the judge flags ends with content_filter, as the same answer does
+    without streaming."""
+    pytest.importorskip("uvicorn")
+    from mai.serve.catalog import Catalog, ModelEntry, SafetyConfig
+
+    srv, url = _judge_server([])
+    safety = SafetyConfig(judge_model=f"{url}#flag-answers", classifier="off")
+    served = serve_in_thread(Catalog([ModelEntry("tiny", str(tiny_dir), max_len=1024, safety=safety)]))
+    base = next(served)
+    try:
+        httpx = http_client()
+        body = {"model": "tiny", "prompt": "The quick brown fox", "max_tokens": 8, "temperature": 0}
+        whole = httpx.post(f"{base}/v1/completions", json=body, timeout=60).json()
+        assert whole["choices"][0]["finish_reason"] == "content_filter"
+        with httpx.stream("POST", f"{base}/v1/completions", json={**body, "stream": True}, timeout=60) as r:
+            events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        reasons = [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]]
+        assert reasons == ["content_filter"]
+    finally:
+        served.close()
+        srv.should_exit = True
