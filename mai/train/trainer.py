@@ -189,7 +189,7 @@ def evaluate(model: torch.nn.Module, batches: Sequence[tuple], rt: Runtime, auto
     if dist.is_initialized():
         dist.all_reduce(sums)  # tensor-parallel replicas of a batch add equally to both sums
     model.train()
-    return float(sums[0] / sums[1].clamp(min=1))
+    return float(sums[0] / sums[1]) if sums[1] > 0 else math.nan  # no validation data: no number
 
 
 def pad_rows(batch: tuple, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -562,7 +562,7 @@ def run(cfg: RunConfig, source: BatchSource | None, rt: Runtime, parallel: tuple
             if model_cfg.is_moe:
                 log.log(step, expert_load=out.expert_load.tolist())  # [moe layer][expert] tokens this step
         preempted = stopped not in (None, "time")  # a signal: save and go, no time for validation
-        if (step % cfg.train.eval_every == 0 or last) and not preempted:
+        if (step % cfg.train.eval_every == 0 or last) and not preempted and source.val_batches:
             val_loss = evaluate(model, source.val_batches, rt, autocast, source.objective, vocab_parallel,
                                 pipeline)
             log.log(step, val_loss=val_loss)
@@ -581,7 +581,7 @@ def run(cfg: RunConfig, source: BatchSource | None, rt: Runtime, parallel: tuple
         raise SystemExit(0)
 
     entropy = unigram_entropy(sources[0][0]) if pretraining else math.nan
-    if math.isnan(val_loss):  # resumed at the end: nothing left to train
+    if math.isnan(val_loss) and source.val_batches:  # resumed at the end: nothing left to train
         val_loss = evaluate(model, source.val_batches, rt, autocast, source.objective, vocab_parallel,
                                 pipeline)
     tokenizer_dir = (Path(cfg.tokenizer) if cfg.tokenizer else source.tokenizer_dir
