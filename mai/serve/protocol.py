@@ -420,42 +420,42 @@ class ChatMessageOut(_Open):
     tool_calls: list[ToolCallOut] | None = None
 
 
-class ChatChoice(_Open):
+class _Choice(_Open):
+    """What every choice carries, chat or text."""
+
     index: int
     finish_reason: FinishReason
+    logprobs: dict[str, Any] | None
+    content_filter_results: dict[str, Any]
+
+
+class ChatChoice(_Choice):
     message: ChatMessageOut
-    logprobs: dict[str, Any] | None
-    content_filter_results: dict[str, Any]
 
 
-class ChatCompletion(_Open):
-    id: str
-    object: Literal["chat.completion"]
-    created: int
-    model: str
-    system_fingerprint: None = None
-    choices: list[ChatChoice]
-    usage: Usage
-    prompt_filter_results: list[dict[str, Any]]
-
-
-class CompletionChoice(_Open):
-    index: int
-    finish_reason: FinishReason
+class CompletionChoice(_Choice):
     text: str
-    logprobs: dict[str, Any] | None
-    content_filter_results: dict[str, Any]
 
 
-class Completion(_Open):
+class _Response(_Open):
+    """What a chat and a text completion response share; ``object`` and ``choices`` tell them apart."""
+
     id: str
-    object: Literal["text_completion"]
     created: int
     model: str
     system_fingerprint: None = None
-    choices: list[CompletionChoice]
     usage: Usage
     prompt_filter_results: list[dict[str, Any]]
+
+
+class ChatCompletion(_Response):
+    object: Literal["chat.completion"]
+    choices: list[ChatChoice]
+
+
+class Completion(_Response):
+    object: Literal["text_completion"]
+    choices: list[CompletionChoice]
 
 
 class ModelCard(_Open):
