@@ -12,6 +12,7 @@ import torch
 from mai.errors import MaiError
 from mai.interop import export_hf, load_model
 from mai.interop.gguf_io import unpermute_rotary
+from mai.interop.gguf_write import gguf_name, permute_rotary
 from mai.interop.native import save_native
 from mai.model.transformer import Transformer
 
@@ -106,25 +107,10 @@ def test_bad_paths_are_user_errors(tmp_path):
         load_model(bad)
 
 
-def permute_rotary(w, n_heads):
-    """llama.cpp's converter layout (the inverse of what the reader undoes)."""
-    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
 def test_unpermute_inverts_llama_cpp_permutation():
     w = torch.randn(4 * 16, 64)
     assert torch.equal(unpermute_rotary(permute_rotary(w, 4), 4), w)
     assert not torch.equal(permute_rotary(w, 4), w)
-
-
-GGUF_NAMES = {
-    "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight", "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight", "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight",
-}
 
 
 def write_gguf(path, hf, qtype):
@@ -143,10 +129,7 @@ def write_gguf(path, hf, qtype):
     for name, t in hf.state_dict().items():
         if name == "lm_head.weight" and c.tie_word_embeddings:
             continue
-        short = name.split(".", 3)[-1] if name.startswith("model.layers.") else name
-        g = GGUF_NAMES[short]
-        if name.startswith("model.layers."):
-            g = f"blk.{name.split('.')[2]}.{g}"
+        g = gguf_name(name)
         if "q_proj" in name:
             t = permute_rotary(t, c.num_attention_heads)
         elif "k_proj" in name:
