@@ -15,13 +15,10 @@ import pytest
 from mai.serve.catalog import Limits
 from mai.serve.protocol import ChatRequest, CompletionRequest, ModelContext
 
-from .conftest import TOKEN_KEYS
+from .conftest import TOKEN_KEYS, http_client
 
 openai = pytest.importorskip("openai")
-try:
-    import httpx
-except ImportError:  # the openai client may be built on the httpx2 fork instead
-    httpx = pytest.importorskip("httpx2")
+httpx = http_client()
 pytestmark = pytest.mark.slow
 
 Q = [{"role": "user", "content": "What is the capital of France?"}]

@@ -6,11 +6,10 @@ import re
 
 import pytest
 
+from .conftest import http_client
+
 openai = pytest.importorskip("openai")
-try:
-    import httpx
-except ImportError:  # the openai client may be built on the httpx2 fork instead
-    httpx = pytest.importorskip("httpx2")
+httpx = http_client()
 pytestmark = pytest.mark.slow
 
 Q = [{"role": "user", "content": "What is the capital of France?"}]
