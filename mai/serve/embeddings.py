@@ -141,14 +141,26 @@ def _pooled_batch(model: Transformer, inputs: list[list[int]], pooling: str) -> 
     """[len(inputs), d] float32: each input's final-normed hidden states pooled (``mean`` over its tokens
     or its ``last`` token), from one forward pass over the inputs padded on the right."""
     device = next(model.parameters()).device
+    tokens, lengths = right_padded(inputs, device)
+    states = model.norm(model.hidden(tokens)).float()
+    if pooling == "last":
+        return states[torch.arange(len(inputs), device=device), lengths - 1]
+    return token_mean(states, lengths)
+
+
+def right_padded(inputs: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """([len(inputs), longest] token ids padded with 0 on the right, [len(inputs)] lengths). The model is
+    causal, so padding after an input never changes what its own tokens see."""
     lengths = torch.tensor([len(ids) for ids in inputs], device=device)
     tokens = torch.zeros(len(inputs), int(lengths.max()), dtype=torch.long, device=device)
     for row, ids in enumerate(inputs):
         tokens[row, : len(ids)] = torch.tensor(ids, device=device)
-    states = model.norm(model.hidden(tokens)).float()
-    if pooling == "last":
-        return states[torch.arange(len(inputs), device=device), lengths - 1]
-    real = torch.arange(tokens.shape[1], device=device)[None, :] < lengths[:, None]
+    return tokens, lengths
+
+
+def token_mean(states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[B, d] mean of ``states`` [B, T, d] over each row's first ``lengths`` positions (padding skipped)."""
+    real = torch.arange(states.shape[1], device=states.device)[None, :] < lengths[:, None]
     return (states * real.unsqueeze(-1)).sum(1) / lengths[:, None]
 
 

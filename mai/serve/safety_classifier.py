@@ -31,6 +31,7 @@ import torch
 
 from mai.errors import MaiError
 from mai.fileio import atomic_path
+from mai.serve.embeddings import right_padded, token_mean
 
 CATEGORIES = ("hate", "sexual", "violence", "self_harm")
 MAX_TOKENS = 256  # longer texts are read from their first 256 tokens
@@ -65,7 +66,7 @@ def embed(model: torch.nn.Module, encode, texts: list[str], layers: list[int], b
           ) -> torch.Tensor:
     """[len(texts), (len(layers) + 1) * d_model] float32 features: the token-mean of each listed block's
     output and of the final-norm states. Rows are right-padded: the model is causal, so padding after a text
-    never changes its positions, and the mean skips it."""
+    never changes its positions, and the mean skips it (mai.serve.embeddings' padding and mean)."""
     ids = [encode(t)[:MAX_TOKENS] or [0] for t in texts]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch
     out = torch.empty(len(ids), (len(layers) + 1) * model.cfg.d_model)
@@ -81,16 +82,10 @@ def embed(model: torch.nn.Module, encode, texts: list[str], layers: list[int], b
     try:
         for start in range(0, len(order), batch):
             rows = order[start:start + batch]
-            width = max(len(ids[i]) for i in rows)
-            tokens = torch.zeros(len(rows), width, dtype=torch.long)
-            mask = torch.zeros(len(rows), width, 1)
-            for r, i in enumerate(rows):
-                tokens[r, :len(ids[i])] = torch.tensor(ids[i])
-                mask[r, :len(ids[i])] = 1
+            tokens, lengths = right_padded([ids[i] for i in rows], device)
             seen.clear()
-            final = model.norm(model.hidden(tokens.to(device)))
-            pooled = [((h.float().cpu() * mask).sum(1) / mask.sum(1)) for h in (*seen, final)]
-            out[rows] = torch.cat(pooled, 1)
+            final = model.norm(model.hidden(tokens))
+            out[rows] = torch.cat([token_mean(h.float(), lengths).cpu() for h in (*seen, final)], 1)
     finally:
         for hook in hooks:
             hook.remove()
