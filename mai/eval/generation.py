@@ -29,7 +29,7 @@ from mai.eval.answers import pass_at_k
 from mai.eval.gen_tasks import GenExample, GenTask
 from mai.eval.sandbox import Limits, require_sandbox, run_programs
 from mai.fileio import atomic_write_text
-from mai.infer.engine import Engine
+from mai.infer.engine import Engine, Request
 from mai.infer.sampling import SamplingParams
 from mai.model.transformer import Transformer
 from mai.tokenizer import MaiTokenizer
@@ -100,13 +100,19 @@ def prompt_ids(tok: MaiTokenizer, ex: GenExample, chat: bool, room: int) -> list
 
 def generate(engine: Engine, prompts: list[list[int]], params: list[SamplingParams]) -> list[str]:
     """All requests submitted at once and decoded together; the texts in order."""
+    return [r.text for r in run_requests(engine, prompts, params)]
+
+
+def run_requests(engine: Engine, prompts: list[list[int]], params: list[SamplingParams]) -> list[Request]:
+    """All requests submitted at once and stepped on this thread to the end; the finished requests in
+    order (their texts, token ids and finish reasons). A request that failed is an error."""
     requests = [engine.submit(p, sp) for p, sp in zip(prompts, params, strict=True)]
     while not all(r.done.is_set() for r in requests):
         engine.step()
     for r in requests:
         if r.finish_reason == "error":
             raise MaiError(f"generation failed: {r.error or 'the engine reported an error'}")
-    return [r.text for r in requests]
+    return requests
 
 
 def score_examples(task: GenTask, examples: list[GenExample], completions: list[list[str]],

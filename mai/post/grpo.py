@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from mai.errors import MaiError
+from mai.eval.generation import run_requests
 from mai.fileio import atomic_write_text, read_jsonl_records
 from mai.infer.engine import Engine
 from mai.infer.sampling import SamplingParams
@@ -217,20 +218,20 @@ class RolloutMaker:
         """``group_size`` completions of each picked prompt, all decoded together on the engine."""
         if self.policy is None:
             raise MaiError("internal: the GRPO sampler has no policy model (the adapt hook did not run)")
-        cfg, out, requests = self.cfg, [], []
+        cfg, out, prompts, params = self.cfg, [], [], []
         engine = Engine(self.policy, self.tok.decode, [self.end_id],
                         max_batch=cfg.prompts_per_step * cfg.group_size, max_len=self.max_len)
         for p, item_index in enumerate(self.picks(seed, index)):
             for g in range(cfg.group_size):
-                params = SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                        top_p=cfg.top_p, seed=seed_of(seed, index, p, g))
-                requests.append(engine.submit(self.prompts[item_index], params))
-                out.append({"item": item_index, "group": p, "sample": g, "seed": params.seed})
-        while not all(r.done.is_set() for r in requests):
-            engine.step()
+                params.append(SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                             top_p=cfg.top_p, seed=seed_of(seed, index, p, g)))
+                prompts.append(self.prompts[item_index])
+                out.append({"item": item_index, "group": p, "sample": g, "seed": params[-1].seed})
+        try:
+            requests = run_requests(engine, prompts, params)
+        except MaiError as exc:
+            raise MaiError(f"rollout {index}: {exc}") from None
         for record, req in zip(out, requests, strict=True):
-            if req.finish_reason == "error":
-                raise MaiError(f"rollout {index}: generation failed: {req.error}")
             ended = req.finish_reason == "stop"
             record.update(text=req.text, completion_ids=[*req.token_ids, *([self.end_id] if ended else [])],
                           finish_reason=req.finish_reason)
