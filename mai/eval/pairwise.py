@@ -15,8 +15,8 @@ failed, does not stop the run: it is counted as malformed and named (prompt, ord
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ JUDGE_SYSTEM = (
 
 VERDICT = re.compile(r"\[\[\s*(1|2|tie|a|b|c)\s*\]\]", re.IGNORECASE)
 LOOSE = re.compile(r"^\W*(?:verdict\W*)?(1|2|tie|answer 1|answer 2)\W*$", re.IGNORECASE)
+REQUEST_FAILED = "the judge request failed"
 MEANING = {"1": "first", "a": "first", "answer 1": "first", "2": "second", "b": "second",
            "answer 2": "second", "tie": "tie", "c": "tie"}
 
@@ -74,6 +75,11 @@ class Judgment:
             return self.verdict
         a_first = self.order == 0
         return "win" if (self.verdict == "first") == a_first else "loss"
+
+    @property
+    def request_failed(self) -> bool:
+        """The judge never answered (worth asking again), unlike a reply without a verdict."""
+        return self.problem.startswith(REQUEST_FAILED)
 
 
 SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
@@ -148,17 +154,21 @@ class Judge:
             out = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0,
                                                       max_tokens=self.max_tokens)
         except openai.APIError as exc:
-            return "", f"the judge request failed: {type(exc).__name__}: {exc}"
+            return "", f"{REQUEST_FAILED}: {type(exc).__name__}: {exc}"
         return out.choices[0].message.content or "", ""
 
 
-def judge_pairs(judge: Judge, prompts: Sequence[str], answers_a: Sequence[str],
-                answers_b: Sequence[str]) -> list[Judgment]:
-    """Both orders of every prompt's pair, asked concurrently (``judge.workers`` requests in flight)."""
+def judge_pairs(judge: Judge, prompts: Sequence[str], answers_a: Sequence[str], answers_b: Sequence[str],
+                done: Mapping[tuple[int, int], Judgment] | None = None,
+                record: Callable[[Judgment], None] | None = None) -> list[Judgment]:
+    """Both orders of every prompt's pair, asked concurrently (``judge.workers`` requests in flight), in
+    (prompt, order) order. Judgments in ``done`` (by (prompt, order)) are kept, not asked again; ``record``
+    gets each new one as it arrives, on this thread, so a caller can save it before the next comes."""
     if not (len(prompts) == len(answers_a) == len(answers_b)) or not prompts:
         raise MaiError(f"pairwise judging needs one answer of each model per prompt: {len(prompts)} prompts, "
                        f"{len(answers_a)} answers of A, {len(answers_b)} of B")
-    jobs = [(i, order) for i in range(len(prompts)) for order in (0, 1)]
+    done = done or {}
+    jobs = [(i, order) for i in range(len(prompts)) for order in (0, 1) if (i, order) not in done]
 
     def one(job: tuple[int, int]) -> Judgment:
         i, order = job
@@ -169,5 +179,11 @@ def judge_pairs(judge: Judge, prompts: Sequence[str], answers_a: Sequence[str],
         verdict, why = parse_verdict(reply)
         return Judgment(i, order, reply, verdict, why)
 
+    found = dict(done)
     with ThreadPoolExecutor(max(1, judge.workers)) as pool:
-        return list(pool.map(one, jobs))
+        for future in as_completed([pool.submit(one, job) for job in jobs]):
+            judgment = future.result()
+            found[judgment.prompt_index, judgment.order] = judgment
+            if record is not None:
+                record(judgment)
+    return [found[i, order] for i in range(len(prompts)) for order in (0, 1)]

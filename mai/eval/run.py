@@ -1,6 +1,7 @@
 """``mai eval``: every requested model on every requested task (log-likelihood or generative) and text set,
-then table, JSON and chart. :class:`EvalConfig` holds every flag, and a run saves it as ``OUT/config.yaml``
-so ``mai eval --config OUT/config.yaml`` repeats it."""
+then table, JSON and chart; and, with a judge, two answer sets compared pairwise (:mod:`mai.eval.judge_run`).
+:class:`EvalConfig` holds every flag, and a run saves it as ``OUT/config.yaml`` so
+``mai eval --config OUT/config.yaml`` repeats it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from mai.errors import MaiError
 from mai.eval.gen_tasks import GEN_TASKS, GenTask, get_gen_task
 from mai.eval.generation import GenSettings, run_gen_task
 from mai.eval.harness import run_task
+from mai.eval.judge_endpoint import JudgeSettings
 from mai.eval.perplexity import shard_perplexity, text_documents, text_perplexity
 from mai.eval.report import plot, table, write_json
 from mai.eval.scoring import LoglikScorer
@@ -42,26 +44,37 @@ class EvalConfig:
     gen: GenSettings = dataclasses.field(default_factory=GenSettings)  # generative tasks
     contamination: list[str] = dataclasses.field(default_factory=list)  # training shard dirs to check
     ngram: int = 13  # n-gram length of the contamination report
+    judge: JudgeSettings = dataclasses.field(default_factory=JudgeSettings)  # pairwise A vs B (judge.model)
 
 
 def run_eval_config(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Save ``cfg`` as OUT/config.yaml, evaluate, and write the contamination report when asked; returns
-    the results (and ``contamination`` when computed)."""
-    if not cfg.models:
-        raise MaiError("no model to evaluate: give model paths (or models: [...] in the config)")
-    atomic_write_text(Path(cfg.out) / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    results = run_eval(cfg.models, cfg.tasks, cfg.out, cfg.limit, cfg.texts, cfg.shards, cfg.split,
-                       cfg.batch_tokens, cfg.device, cfg.max_length, echo, cfg.precision, cfg.gen)
+    """Save ``cfg`` as OUT/config.yaml, evaluate, judge A against B and write the contamination report
+    when asked; write OUT/results.json; returns the results (and ``judge``, ``contamination`` when
+    computed)."""
+    if not cfg.models and not cfg.judge.model:
+        raise MaiError("no model to evaluate: give model paths (or models: [...] in the config), or --judge")
+    out = Path(cfg.out)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    done: dict[str, Any] = {"results": {}}
+    if cfg.models:
+        done["results"] = run_eval(cfg.models, cfg.tasks, cfg.out, cfg.limit, cfg.texts, cfg.shards,
+                                   cfg.split, cfg.batch_tokens, cfg.device, cfg.max_length, echo,
+                                   cfg.precision, cfg.gen)
+    if cfg.judge.model:
+        from mai.eval.judge_run import run_judge
+
+        done["judge"] = run_judge(cfg.judge, out, cfg.limit, cfg.gen, cfg.precision, cfg.device, echo)
+    write_json({"limit": cfg.limit, **done}, out / "results.json")
     if not cfg.contamination:
-        return {"results": results}
+        return done
     from mai.eval.decontam import contamination
 
     report = contamination(cfg.tasks, cfg.contamination, cfg.ngram, cfg.limit)
     for name, r in report.items():
         echo(f"contamination  {name:<14} {r['contaminated']:>6} of {r['examples']:>6} examples "
              f"({r['percent']:.2f}%) share a {r['ngram']}-gram with the training shards")
-    write_json(report, Path(cfg.out) / "contamination.json")
-    return {"results": results, "contamination": report}
+    write_json(report, out / "contamination.json")
+    return {**done, "contamination": report}
 
 
 def resolve_tasks(names: Sequence[str]) -> tuple[list[Task], list[GenTask]]:
@@ -91,7 +104,7 @@ def run_eval(models: Sequence[str], tasks: Sequence[str], out_dir: str | Path, l
              batch_tokens: int = 4096, device: str = "cpu", max_length: int | None = None,
              echo: Callable[[str], None] = print, precision: str = "auto",
              gen: GenSettings | None = None) -> dict[str, Any]:
-    """Evaluate; write ``results.json`` and ``results.png`` into out_dir; return the results dict."""
+    """Evaluate; write ``results.png`` into out_dir; return the results dict."""
     from mai.infer.load import load_for_inference
     from mai.precision import TRAIN_ROWS
 
@@ -124,8 +137,6 @@ def run_eval(models: Sequence[str], tasks: Sequence[str], out_dir: str | Path, l
                 ppl = shard_perplexity(model, loaded.tokenizer, shards, split, length, limit)
                 per_task[f"shards:{split}"] = ppl.as_dict()
         results[str(path)] = per_task
-    out = Path(out_dir)
-    write_json({"limit": limit, "results": results}, out / "results.json")
-    plot(results, out / "results.png")
+    plot(results, Path(out_dir) / "results.png")
     echo(table(results))
     return results

@@ -132,7 +132,7 @@ def test_real_judge_cut_short_gives_named_malformed_verdicts(judge_url):
 
 @pytest.mark.slow
 def test_unreachable_judge_is_counted_not_raised():
-    from tests.serve.conftest import free_port
+    from mai.serve.child import free_port
 
     judge = Judge(f"http://127.0.0.1:{free_port()}/v1", "judge", max_tokens=8, workers=1)
     judge.client = judge.client.with_options(max_retries=0, timeout=5)
@@ -141,33 +141,9 @@ def test_unreachable_judge_is_counted_not_raised():
         s["malformed_judgments"][0]["why"]
 
 
-@pytest.mark.slow
-def test_eval_judge_command_writes_report_and_every_judgment(judge_url, tmp_path, capsys):
-    import argparse
-
-    from mai.commands.judge import register
-
-    prompts, a, b = tmp_path / "p.jsonl", tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    a.write_text("".join(json.dumps({"prompt": p, "answer": x}) + "\n"
-                         for p, x in zip(PROMPTS, GOOD, strict=True)))
-    b.write_text("".join(json.dumps({"answer": x}) + "\n" for x in BAD))
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    args = parser.parse_args(["eval-judge", "--a", str(a), "--b", str(b), "--prompts", str(prompts),
-                              "--judge", f"{judge_url}/v1", "--judge-model", "judge", "--api-key", "sk-judge",
-                              "--judge-max-tokens", "24", "--out", str(tmp_path / "out")])
-    args.func(args)
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    rows = [json.loads(line) for line in (tmp_path / "out" / "judgments.jsonl").read_text().splitlines()]
-    assert report["judgments"] == len(rows) == 6 and report["judge_model"] == "judge"
-    assert {(r["prompt"], r["order"]) for r in rows} == {(p, o) for p in PROMPTS for o in (0, 1)}
-    assert "win rate of A" in capsys.readouterr().out
-
-
 def test_answers_must_match_the_prompts(tmp_path):
-    from mai.commands.judge import read_answers
     from mai.errors import MaiError
+    from mai.eval.judge_answers import read_answers
 
     f = tmp_path / "a.jsonl"
     f.write_text(json.dumps({"prompt": "other", "answer": "x"}) + "\n")

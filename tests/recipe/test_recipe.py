@@ -234,7 +234,7 @@ def test_catalog_serves_with_the_content_filter_on(finished):
                                str(run / "serve" / "catalog.yaml"), "--port", str(port), "--threads", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        from mai.recipe.teacher_server import health
+        from mai.serve.child import health
 
         deadline = time.time() + 120
         while health(f"http://127.0.0.1:{port}/v1")[0] != 200:
@@ -321,7 +321,7 @@ def test_teacher_stages_with_the_real_served_teacher(tmp_path):
     assert chats[0]["teacher"] and "student" in chats[0]
     served = [line for line in proc.stdout.splitlines() if line.startswith("teacher ")]
     assert "served at http://127.0.0.1:" in served[0] and served[-1].split() == ["teacher", "stopped"]
-    from mai.recipe.teacher_server import health
+    from mai.serve.child import health
 
     url = served[0].split("served at ")[1].split()[0]
     assert health(url)[0] == 0  # nothing listens there any more

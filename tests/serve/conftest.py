@@ -1,4 +1,3 @@
-import socket
 import threading
 import time
 from pathlib import Path
@@ -8,6 +7,7 @@ import pytest
 from mai.errors import MaiError
 from mai.interop.bundled import smollm2_gguf
 from mai.serve.catalog import KeyEntry
+from mai.serve.child import free_port
 
 
 def http_client():
@@ -36,12 +36,6 @@ def wait_until_healthy(url: str, alive=lambda: True, timeout: float = 300) -> No
 
 # keys with tokens-per-minute limits for the reservation test (their windows are never shared)
 TOKEN_KEYS = [KeyEntry(f"sk-tpm-{limit}", tokens_per_minute=limit) for limit in (100, 200, 300)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
