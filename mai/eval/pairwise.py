@@ -180,10 +180,13 @@ def judge_pairs(judge: Judge, prompts: Sequence[str], answers_a: Sequence[str], 
         return Judgment(i, order, reply, verdict, why)
 
     found = dict(done)
-    with ThreadPoolExecutor(max(1, judge.workers)) as pool:
+    pool = ThreadPoolExecutor(max(1, judge.workers))
+    try:
         for future in as_completed([pool.submit(one, job) for job in jobs]):
             judgment = future.result()
             found[judgment.prompt_index, judgment.order] = judgment
             if record is not None:
                 record(judgment)
+    finally:  # interrupted: wait only for the requests in flight, not for the queue
+        pool.shutdown(wait=True, cancel_futures=True)
     return [found[i, order] for i in range(len(prompts)) for order in (0, 1)]

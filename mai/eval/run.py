@@ -53,6 +53,9 @@ def run_eval_config(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dic
     computed)."""
     if not cfg.models and not cfg.judge.model:
         raise MaiError("no model to evaluate: give model paths (or models: [...] in the config), or --judge")
+    if cfg.models and cfg.judge.model and not (cfg.tasks or cfg.texts or cfg.shards):
+        raise MaiError("--judge compares --a with --b; the model paths given have no --tasks, --text or "
+                       "--shards to run (give the two models as --a and --b)")
     out = Path(cfg.out)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     done: dict[str, Any] = {"results": {}}
