@@ -63,11 +63,12 @@ def run_eval_config(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dic
         done["results"] = run_eval(cfg.models, cfg.tasks, cfg.out, cfg.limit, cfg.texts, cfg.shards,
                                    cfg.split, cfg.batch_tokens, cfg.device, cfg.max_length, echo,
                                    cfg.precision, cfg.gen)
+        write_json({"limit": cfg.limit, **done}, out / "results.json")  # kept should the judging fail
     if cfg.judge.model:
         from mai.eval.judge_run import run_judge
 
         done["judge"] = run_judge(cfg.judge, out, cfg.limit, cfg.gen, cfg.precision, cfg.device, echo)
-    write_json({"limit": cfg.limit, **done}, out / "results.json")
+        write_json({"limit": cfg.limit, **done}, out / "results.json")
     if not cfg.contamination:
         return done
     from mai.eval.decontam import contamination

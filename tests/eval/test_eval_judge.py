@@ -84,9 +84,11 @@ def test_judge_url_of_a_running_mai_serve(tiny_dir, tiny_judge_url, answer_files
 
 class GarbageJudge(BaseHTTPRequestHandler):
     """An OpenAI-shaped judge named "garbage": no verdict for the first prompt, contradictory ones for the
-    second, and for the third always the position holding GOOD's answer (so A wins both orders)."""
+    second (but the first such request fails with HTTP 400), and for the third always the position holding
+    GOOD's answer (so A wins both orders)."""
 
     chat_requests = 0
+    fail_next_colour = True
 
     def _send(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -111,6 +113,10 @@ class GarbageJudge(BaseHTTPRequestHandler):
             return
         type(self).chat_requests += 1
         shown = body["messages"][-1]["content"]
+        if PROMPTS[1] in shown and type(self).fail_next_colour:
+            type(self).fail_next_colour = False
+            self._send(400, {"error": {"message": "not now", "type": "invalid_request_error", "code": None}})
+            return
         if PROMPTS[0] in shown:
             reply = "Both answers have merit."
         elif PROMPTS[1] in shown:
@@ -148,15 +154,21 @@ def test_malformed_verdicts_are_counted_named_and_kept(garbage_url, answer_files
     assert report["win_rate"] == 1.0 and (report["ci_low"], report["ci_high"]) == (1.0, 1.0)
     why = {(m["prompt"], m["order"]): m["why"] for m in report["malformed_judgments"]}
     assert set(why) == {(p, o) for p in (0, 1) for o in ("A first", "B first")}
-    assert "no verdict" in why[0, "A first"] and "contradictory verdicts" in why[1, "B first"]
+    assert "no verdict" in why[0, "A first"] and "no verdict" in why[0, "B first"]
+    colour = sorted([why[1, "A first"], why[1, "B first"]])  # a failed request, a reply contradicting itself
+    assert colour[0].startswith("contradictory verdicts") and \
+        colour[1].startswith("the judge request failed: BadRequestError")
     assert "malformed  prompt 0 (A first): no verdict" in out
     assert [r["verdict"] for r in rows(tmp_path / "out")].count(None) == 4
 
-    # run again: every judgment is in judgments.jsonl already (malformed replies too), the judge is not asked
+    # run again: every judgment is in judgments.jsonl already (malformed replies too); only the failed
+    # request is asked again
     code, out, err = in_process(capsys, *args)
     assert code == 0, err
-    assert GarbageJudge.chat_requests - before == 6 and "6 of 6 judgments already in" in out
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["judge"] == report
+    assert GarbageJudge.chat_requests - before == 7 and "5 of 6 judgments already in" in out
+    again = json.loads((tmp_path / "out" / "results.json").read_text())["judge"]
+    assert (again["wins"], again["malformed"]) == (2, 4)
+    assert all(m["why"].startswith("contradictory") for m in again["malformed_judgments"] if m["prompt"] == 1)
 
     # a model the judge does not serve: every request fails → one error line, not a report of failures
     code, _, err = in_process(capsys, "eval", "--judge", f"{garbage_url}#nope", "--a", str(good), "--b",
