@@ -55,7 +55,8 @@ def model_answers(source: str, prompts: list[str], max_new_tokens: int, batch: i
 
     loaded, _ = load_for_inference(source)
     tok = loaded.tokenizer
-    engine = Engine(loaded.model, tok.decode, tok.stop_ids, max_batch=batch, max_len=loaded.cfg.max_seq_len)
+    engine = Engine(loaded.model, tok.decode, tok.stop_ids, max_batch=batch,
+                    max_seq_len=loaded.cfg.max_seq_len)
     ids = [tok.encode(tok.apply_chat_template([{"role": "user", "content": p}])) for p in prompts]
     budget = [SamplingParams(max_tokens=max_new_tokens, temperature=0.0) for _ in prompts]
     return generate(engine, ids, budget)

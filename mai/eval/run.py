@@ -37,7 +37,7 @@ class EvalConfig:
     split: str = "val"
     batch_tokens: int = 4096
     device: str = "cpu"
-    max_length: int | None = None  # context window (default: the model's)
+    max_seq_len: int | None = None  # context window (default: the model's)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     gen: GenSettings = dataclasses.field(default_factory=GenSettings)  # generative tasks
     contamination: list[str] = dataclasses.field(default_factory=list)  # training shard dirs to check
@@ -51,7 +51,7 @@ def run_eval_config(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dic
         raise MaiError("no model to evaluate: give model paths (or models: [...] in the config)")
     atomic_write_text(Path(cfg.out) / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     results = run_eval(cfg.models, cfg.tasks, cfg.out, cfg.limit, cfg.texts, cfg.shards, cfg.split,
-                       cfg.batch_tokens, cfg.device, cfg.max_length, echo, cfg.precision, cfg.gen)
+                       cfg.batch_tokens, cfg.device, cfg.max_seq_len, echo, cfg.precision, cfg.gen)
     if not cfg.contamination:
         return {"results": results}
     from mai.eval.decontam import contamination
@@ -88,7 +88,7 @@ def samples_path(out_dir: str | Path, model: str, task: str) -> Path:
 
 def run_eval(models: Sequence[str], tasks: Sequence[str], out_dir: str | Path, limit: int | None = None,
              texts: Sequence[str] = (), shards: str | None = None, split: str = "val",
-             batch_tokens: int = 4096, device: str = "cpu", max_length: int | None = None,
+             batch_tokens: int = 4096, device: str = "cpu", max_seq_len: int | None = None,
              echo: Callable[[str], None] = print, precision: str = "auto",
              gen: GenSettings | None = None) -> dict[str, Any]:
     """Evaluate; write ``results.json`` and ``results.png`` into out_dir; return the results dict."""
@@ -103,7 +103,7 @@ def run_eval(models: Sequence[str], tasks: Sequence[str], out_dir: str | Path, l
         # scoring runs the model over many rows at once: the precision is measured for that shape
         loaded, _ = load_for_inference(path, precision=precision, rows=TRAIN_ROWS, device=device)
         model = loaded.model
-        length = min(max_length or model.cfg.max_seq_len, model.cfg.max_seq_len)
+        length = min(max_seq_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
         scorer = LoglikScorer(model, loaded.tokenizer, batch_tokens, length)
         per_task: dict[str, Any] = {}
         for task in chosen:

@@ -68,7 +68,8 @@ class TeacherServer:
     def _start(self, stage: str) -> str:
         port = free_port()
         cmd = [sys.executable, "-m", "mai.cli", "serve", "--model", self.cfg.model, "--name", self.cfg.name,
-               "--port", str(port), "--max-len", str(self.cfg.max_len), "--threads", str(self.cfg.threads)]
+               "--port", str(port), "--max-seq-len", str(self.cfg.max_seq_len),
+               "--threads", str(self.cfg.threads)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
