@@ -14,7 +14,7 @@ from mai.commands.flags import add_precision_flag
 
 # flag attribute → config field (generative settings live under gen.)
 _FIELDS = {"limit": "limit", "text": "texts", "shards": "shards", "split": "split",
-           "batch_tokens": "batch_tokens", "max_length": "max_length", "device": "device",
+           "batch_tokens": "batch_tokens", "max_seq_len": "max_seq_len", "device": "device",
            "precision": "precision", "out": "out", "contamination": "contamination", "ngram": "ngram",
            "samples": "gen.samples", "temperature": "gen.temperature", "chat": "gen.chat",
            "max_new_tokens": "gen.max_new_tokens", "batch_size": "gen.batch_size", "seed": "gen.seed",
@@ -64,7 +64,7 @@ def register(sub) -> None:
     ev.add_argument("--shards", default=None, help="token-shard directory for held-out perplexity")
     ev.add_argument("--split", default=None, help="split of --shards (default val)")
     ev.add_argument("--batch-tokens", type=int, default=None, help="tokens per forward batch (default 4096)")
-    ev.add_argument("--max-length", type=int, default=None, help="context window (default: the model's)")
+    ev.add_argument("--max-seq-len", type=int, default=None, help="context window (default: the model's)")
     ev.add_argument("--device", default=None, help="default cpu")
     add_precision_flag(ev)
     ev.set_defaults(precision=None)

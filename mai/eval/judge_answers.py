@@ -63,7 +63,7 @@ def answers(source: str, prompts: list[str], max_new_tokens: int, batch: int, lo
         loaded, _ = load_for_inference(source, precision=precision, device=device)
         tok = loaded.tokenizer
         engine = Engine(loaded.model, tok.decode, tok.stop_ids, max_batch=batch,
-                        max_len=loaded.cfg.max_seq_len)
+                        max_seq_len=loaded.cfg.max_seq_len)
         greedy = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
         for chunk in (todo[k:k + batch] for k in range(0, len(todo), batch)):
             ids = [tok.encode(tok.apply_chat_template([{"role": "user", "content": prompts[i]}]))

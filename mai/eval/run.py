@@ -39,7 +39,7 @@ class EvalConfig:
     split: str = "val"
     batch_tokens: int = 4096
     device: str = "cpu"
-    max_length: int | None = None  # context window (default: the model's)
+    max_seq_len: int | None = None  # context window (default: the model's)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     gen: GenSettings = dataclasses.field(default_factory=GenSettings)  # generative tasks
     contamination: list[str] = dataclasses.field(default_factory=list)  # training shard dirs to check
@@ -61,7 +61,7 @@ def run_eval_config(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dic
     done: dict[str, Any] = {"results": {}}
     if cfg.models:
         done["results"] = run_eval(cfg.models, cfg.tasks, cfg.out, cfg.limit, cfg.texts, cfg.shards,
-                                   cfg.split, cfg.batch_tokens, cfg.device, cfg.max_length, echo,
+                                   cfg.split, cfg.batch_tokens, cfg.device, cfg.max_seq_len, echo,
                                    cfg.precision, cfg.gen)
         write_json({"limit": cfg.limit, **done}, out / "results.json")  # kept should the judging fail
     if cfg.judge.model:
@@ -105,7 +105,7 @@ def samples_path(out_dir: str | Path, model: str, task: str) -> Path:
 
 def run_eval(models: Sequence[str], tasks: Sequence[str], out_dir: str | Path, limit: int | None = None,
              texts: Sequence[str] = (), shards: str | None = None, split: str = "val",
-             batch_tokens: int = 4096, device: str = "cpu", max_length: int | None = None,
+             batch_tokens: int = 4096, device: str = "cpu", max_seq_len: int | None = None,
              echo: Callable[[str], None] = print, precision: str = "auto",
              gen: GenSettings | None = None) -> dict[str, Any]:
     """Evaluate; write ``results.png`` into out_dir; return the results dict."""
@@ -120,7 +120,7 @@ def run_eval(models: Sequence[str], tasks: Sequence[str], out_dir: str | Path, l
         # scoring runs the model over many rows at once: the precision is measured for that shape
         loaded, _ = load_for_inference(path, precision=precision, rows=TRAIN_ROWS, device=device)
         model = loaded.model
-        length = min(max_length or model.cfg.max_seq_len, model.cfg.max_seq_len)
+        length = min(max_seq_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
         scorer = LoglikScorer(model, loaded.tokenizer, batch_tokens, length)
         per_task: dict[str, Any] = {}
         for task in chosen:

@@ -29,7 +29,7 @@ class TeacherConfig:
     model: str = "bundled:smollm2"
     base_url: str | None = None
     name: str = "teacher"  # the model name requests send
-    max_len: int = 2048
+    max_seq_len: int = 2048
     threads: int = 1  # torch threads of the served teacher
     startup_timeout_s: float = 600.0
 

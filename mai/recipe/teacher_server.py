@@ -18,8 +18,9 @@ class TeacherServer:
 
     def __init__(self, cfg: TeacherConfig, log_path: Path, log: Callable[[str], None] = print) -> None:
         self.cfg, self.log_path, self.log = cfg, log_path, log
-        self.child = ServeChild(["--model", cfg.model, "--name", cfg.name, "--max-len", str(cfg.max_len),
-                                 "--threads", str(cfg.threads)], log_path, cfg.startup_timeout_s, log)
+        self.child = ServeChild(["--model", cfg.model, "--name", cfg.name, "--max-seq-len",
+                                 str(cfg.max_seq_len), "--threads", str(cfg.threads)],
+                                log_path, cfg.startup_timeout_s, log)
         self._url: str | None = None
 
     def url(self, stage: str) -> str:

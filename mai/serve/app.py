@@ -95,7 +95,7 @@ class Server:
         try:
             models = {entry.name: load_for_inference(entry.path, entry.quant, entry.precision,
                                                      rows=min(entry.max_batch, SERVE_ROWS),
-                                                     max_seq_len=entry.max_len)[0]
+                                                     max_seq_len=entry.max_seq_len)[0]
                       for entry in self.catalog.models}
             for entry in self.catalog.models:
                 loaded = models[entry.name]
@@ -338,7 +338,7 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [
             {"id": name, "object": "model", "created": s.created, "owned_by": "mai",
-             "max_model_len": s.engine.max_len} for name, s in server.models.items()]}
+             "max_model_len": s.engine.max_seq_len} for name, s in server.models.items()]}
 
     @app.post("/v1/moderations", response_model=None,
               responses={200: {"model": Moderation}, **_errors(400, 401, 408, 413, 429, 503)})
@@ -367,7 +367,7 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
 
     async def generate(request: Request, served: Served, body: ChatRequest | CompletionRequest,
                        ids: list[int], prompt_result: SafetyResult, prefix: str = "") -> Any:
-        ctx = ModelContext(len(ids), served.engine.max_len, served.engine.model.cfg.vocab_size,
+        ctx = ModelContext(len(ids), served.engine.max_seq_len, served.engine.model.cfg.vocab_size,
                            served.engine.constraints, served.tokenizer.chat_template)
         params = body.to_sampling_params(server.limits, ctx)
         gen = Generation(server, served, body, ids, params, prompt_result, request.state.key, prefix)

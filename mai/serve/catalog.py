@@ -5,7 +5,7 @@ on requests. A YAML or JSON file::
       - name: smollm2              # the `model` field clients send
         path: bundled:smollm2      # a .gguf, a HF directory, a mai run/model directory
         max_batch: 32
-        max_len: 2048              # context served (defaults to the model's, capped here)
+        max_seq_len: 2048              # context served (defaults to the model's, capped here)
         quant: gguf                # optional: int8 weight-only linears, or gguf: the .gguf file's own
                                    # Q4_0/Q4_1/Q8_0 blocks (default none: float weights)
         pooling: mean              # /v1/embeddings: mean of the tokens' final states, or last (token)
@@ -59,7 +59,7 @@ class ModelEntry:
     name: str
     path: str
     max_batch: int = 32
-    max_len: int = 2048
+    max_seq_len: int = 2048
     # "int8": weight-only int8 linears (mai.infer.quant); "gguf": a .gguf file's own blocks
     # (mai.infer.gguf_quant). Either runs any batch through the VNNI kernel where the CPU has one.
     quant: str = "none"

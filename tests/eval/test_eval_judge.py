@@ -26,7 +26,7 @@ def tiny_judge_url(tiny_dir):
     from mai.serve.catalog import Catalog, ModelEntry, SafetyConfig
     from tests.serve.conftest import serve_in_thread
 
-    catalog = Catalog(models=[ModelEntry("tiny-judge", str(tiny_dir), max_batch=4, max_len=512,
+    catalog = Catalog(models=[ModelEntry("tiny-judge", str(tiny_dir), max_batch=4, max_seq_len=512,
                                          safety=SafetyConfig(classifier="off"))])
     yield from serve_in_thread(catalog)
 

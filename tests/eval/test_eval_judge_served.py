@@ -45,7 +45,7 @@ def test_catalog_or_path_judge_is_served_for_the_run_and_stopped(tiny_dir, tmp_p
     good.write_text("".join(json.dumps({"answer": x}) + "\n" for x in GOOD))
     bad.write_text("".join(json.dumps({"answer": x}) + "\n" for x in BAD))
     catalog = tmp_path / "catalog.yaml"
-    entry = {"name": "tiny-judge", "path": str(tiny_dir), "max_len": 512, "safety": {"classifier": "off"}}
+    entry = {"name": "tiny-judge", "path": str(tiny_dir), "max_seq_len": 512, "safety": {"classifier": "off"}}
     catalog.write_text(yaml.safe_dump({"models": [entry]}))
     common = ["--a", str(good), "--b", str(bad), "--prompts", str(prompts), "--judge-max-tokens", "4"]
 

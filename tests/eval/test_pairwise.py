@@ -88,7 +88,7 @@ def judge_url():
     except MaiError as exc:
         pytest.skip(str(exc))
     # a grader reads the answers, it serves no user: the content-safety classifier is not its business
-    catalog = Catalog(models=[ModelEntry("judge", path, max_batch=8, max_len=1024,
+    catalog = Catalog(models=[ModelEntry("judge", path, max_batch=8, max_seq_len=1024,
                                          safety=SafetyConfig(classifier="off"))],
                       api_keys=[KeyEntry("sk-judge")], limits=Limits(max_prompt_tokens=900, max_tokens=64))
     yield from serve_in_thread(catalog)

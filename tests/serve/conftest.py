@@ -49,8 +49,9 @@ def server_url():
     from mai.serve.catalog import Catalog, Limits, ModelEntry, SafetyConfig
 
     catalog = Catalog(
-        models=[ModelEntry("smol", path, max_batch=32, max_len=512),
-                ModelEntry("smol-strict", path, max_batch=4, max_len=512, safety=SafetyConfig(prompt="low"))],
+        models=[ModelEntry("smol", path, max_batch=32, max_seq_len=512),
+                ModelEntry("smol-strict", path, max_batch=4, max_seq_len=512,
+                           safety=SafetyConfig(prompt="low"))],
         api_keys=[KeyEntry("sk-test"), KeyEntry("sk-slow", requests_per_minute=2), *TOKEN_KEYS],
         limits=Limits(max_body_bytes=64_000, max_prompt_tokens=400, max_tokens=256, body_timeout_seconds=2))
     yield from serve_in_thread(catalog)
@@ -107,7 +108,7 @@ def tiny_url(tiny_dir):
     pytest.importorskip("uvicorn")
     from mai.serve.catalog import Catalog, Limits, ModelEntry
 
-    catalog = Catalog(models=[ModelEntry(name, str(tiny_dir), max_batch=32, max_len=4096)
+    catalog = Catalog(models=[ModelEntry(name, str(tiny_dir), max_batch=32, max_seq_len=4096)
                               for name in TINY_MODELS],
                       api_keys=[KeyEntry("sk-tiny"), *TOKEN_KEYS],
                       limits=Limits(max_body_bytes=64_000, max_prompt_tokens=400, max_tokens=4000,

@@ -23,7 +23,7 @@ def test_mai_serve_process_lifecycle():
         pytest.skip(str(exc))
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mai.cli", "serve", "--model", "bundled:smollm2", "--name",
-                             "smol", "--max-len", "512", "--port", str(port), "--api-key", "sk-proc"],
+                             "smol", "--max-seq-len", "512", "--port", str(port), "--api-key", "sk-proc"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -51,7 +51,7 @@ def test_served_gguf_blocks_answer_like_the_float_model(tmp_path):
     except MaiError as exc:
         pytest.skip(str(exc))
     catalog = tmp_path / "catalog.yaml"
-    entry = "path: 'bundled:smollm2', max_batch: 4, max_len: 512"
+    entry = "path: 'bundled:smollm2', max_batch: 4, max_seq_len: 512"
     catalog.write_text(f"models:\n  - {{name: float, {entry}}}\n  - {{name: blocks, {entry}, quant: gguf}}\n")
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mai.cli", "serve", "--catalog", str(catalog), "--port",

@@ -130,8 +130,8 @@ def tiny_embed_url(tiny_dir):
     pytest.importorskip("uvicorn")
     from mai.serve.catalog import Catalog, KeyEntry, Limits, ModelEntry
 
-    catalog = Catalog(models=[ModelEntry("tiny-mean", str(tiny_dir), max_len=4096),
-                              ModelEntry("tiny-last", str(tiny_dir), max_len=4096, pooling="last")],
+    catalog = Catalog(models=[ModelEntry("tiny-mean", str(tiny_dir), max_seq_len=4096),
+                              ModelEntry("tiny-last", str(tiny_dir), max_seq_len=4096, pooling="last")],
                       api_keys=[KeyEntry("sk-emb"), KeyEntry("sk-emb-tpm", tokens_per_minute=50)],
                       limits=Limits(max_prompt_tokens=400, max_tokens=4000))
     yield from serve_in_thread(catalog)

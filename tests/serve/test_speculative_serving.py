@@ -16,10 +16,10 @@ def spec_url(tiny_dir):
     pytest.importorskip("uvicorn")
     from mai.serve.catalog import Catalog, Limits, ModelEntry, SpeculativeConfig
 
-    catalog = Catalog(models=[ModelEntry("plain", str(tiny_dir), max_len=4096),
-                              ModelEntry("lookup", str(tiny_dir), max_len=4096,
+    catalog = Catalog(models=[ModelEntry("plain", str(tiny_dir), max_seq_len=4096),
+                              ModelEntry("lookup", str(tiny_dir), max_seq_len=4096,
                                          speculative=SpeculativeConfig("ngram", tokens=3)),
-                              ModelEntry("drafted", str(tiny_dir), max_len=4096,
+                              ModelEntry("drafted", str(tiny_dir), max_seq_len=4096,
                                          speculative=SpeculativeConfig("draft", "plain", tokens=2))],
                       limits=Limits(max_prompt_tokens=400, max_tokens=4000))
     yield from serve_in_thread(catalog)
