@@ -28,6 +28,9 @@ class JudgeSettings:
     prompts: str | None = None  # JSONL of strings or {prompt}; none = chitchat-dataset openers
     max_tokens: int = 256  # of each judge reply
     workers: int = 4  # judge requests in flight
+    # ask for {"reason", "verdict"} JSON under a json_schema response_format (mai serve, vLLM and OpenAI
+    # constrain decoding to it): a well-formed verdict even from a small judge; off for servers without it
+    structured: bool = True
     api_key_env: str = "MAI_JUDGE_API_KEY"  # the environment variable holding the judge's key
     startup_timeout_s: float = 600.0  # for a judge this run serves
 

@@ -55,13 +55,14 @@ def run_judge(s: JudgeSettings, out: Path, limit: int | None, gen: GenSettings, 
     answers_a = answers(s.a, prompts, budget, gen.batch_size, out / "answers" / "a.jsonl", precision, device)
     answers_b = answers(s.b, prompts, budget, gen.batch_size, out / "answers" / "b.jsonl", precision, device)
     log = ResultLog(out / "judgments.jsonl",
-                    {"judge": s.model, "catalog": s.catalog, "max_tokens": s.max_tokens})
+                    {"judge": s.model, "catalog": s.catalog, "max_tokens": s.max_tokens,
+                     "structured": s.structured})
     done = _kept(log, prompts, answers_a, answers_b)
     if done:
         echo(f"judge      {len(done)} of {2 * len(prompts)} judgments already in {log.path}, continuing")
     try:
         url, name, key = endpoint.open()
-        judge = Judge(url, name, key, s.max_tokens, s.workers)
+        judge = Judge(url, name, key, s.max_tokens, s.workers, s.structured)
         judgments = judge_pairs(judge, prompts, answers_a, answers_b, done,
                                 lambda j: log.add([_row(j, prompts, answers_a, answers_b)]))
     finally:

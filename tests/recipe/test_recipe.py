@@ -305,7 +305,7 @@ def test_teacher_stages_with_the_real_served_teacher(tmp_path):
     recipe["dpo"] = {"prompts": 3, "max_tokens": 16, "config": {
         "data": {"seq_len": 128}, "optim": {"lr": 1e-3, "warmup_steps": 1},
         "train": {"max_steps": 2, "batch_size": 1, "ckpt_every": 1, "eval_every": 1, **TRAIN}}}
-    recipe["eval"].update({"teacher": True, "judge": True, "judge_max_tokens": 16})
+    recipe["eval"].update({"teacher": True, "judge": True, "judge_max_tokens": 80})
     proc = mai("recipe", "run", str(write_recipe(tmp_path / "t.yaml", recipe)), timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
@@ -317,6 +317,7 @@ def test_teacher_stages_with_the_real_served_teacher(tmp_path):
     assert results["teacher"]["text"]["bits_per_byte"] < results["student"]["text"]["bits_per_byte"]
     pairwise = json.loads((run / "eval" / "manifest.json").read_text())["summary"]["pairwise"]
     assert pairwise["prompts"] == 1 and pairwise["judgments"] == 2  # both orders
+    assert pairwise["malformed"] == 0, pairwise  # the JSON-constrained verdict: even SmolLM2 gives one
     chats = json.loads((run / "eval" / "chats.json").read_text())
     assert chats[0]["teacher"] and "student" in chats[0]
     served = [line for line in proc.stdout.splitlines() if line.startswith("teacher ")]
