@@ -35,7 +35,6 @@ class CompiledDecoder(ModelRunner):
         super().__init__(model)
         self.graph = torch.compile(self._decode, fullgraph=True, dynamic=False)
         self._cache: PagedKVCache | None = None
-        self.compiled_steps = 0  # steps that ran as a compiled graph
 
     def make_cache(self, num_blocks: int, block_size: int) -> PagedKVCache:
         """One pool kept across engines of the same size (``mai chat`` builds one per turn), so the

@@ -87,6 +87,7 @@ class EngineStats:
     preemptions: int
     draft_tokens: int  # speculative tokens proposed
     accepted_tokens: int  # of those, accepted by the target model
+    compiled_steps: int  # steps run as compiled graphs (a catalog model with compile: true)
 
 
 @dataclass(eq=False)
@@ -235,7 +236,8 @@ class Engine:
         """Pool, prefix-cache, preemption and speculative counts, for /metrics."""
         b = self.blocks
         return EngineStats(b.num_blocks - 1, b.num_free, len(b.by_hash), b.queried_tokens, b.hit_tokens,
-                           self.preemptions, self.draft_tokens, self.accepted_tokens)
+                           self.preemptions, self.draft_tokens, self.accepted_tokens,
+                           self.runner.compiled_steps)
 
     def generate(self, prompt_ids: Sequence[int], params: SamplingParams) -> Request:
         """Run one request to the end on the calling thread (or wait for the background thread)."""

@@ -31,6 +31,7 @@ from prometheus_client import generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mai.errors import MaiError
+from mai.infer.compiled_decode import CompiledDecoder
 from mai.infer.engine import Engine, token_texts
 from mai.infer.grammar import GrammarConstraints
 from mai.infer.speculative import make_proposer
@@ -106,7 +107,8 @@ class Server:
                                 constraints=GrammarConstraints.for_tokenizer(tok, loaded.cfg.vocab_size),
                                 speculative=make_proposer(spec.method, models[spec.draft_model].model
                                                           if spec.draft_model else None),
-                                num_speculative_tokens=spec.tokens)
+                                num_speculative_tokens=spec.tokens,
+                                runner=CompiledDecoder(loaded.model) if entry.compile else None)
                 engine.start()
                 self.models[entry.name] = Served(entry, engine, tok, int(time.time()))
                 self.metrics.watch(entry.name, lambda e=engine: e.n_running, lambda e=engine: e.n_waiting)

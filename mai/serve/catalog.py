@@ -8,6 +8,7 @@ on requests. A YAML or JSON file::
         max_seq_len: 2048              # context served (defaults to the model's, capped here)
         quant: gguf                # optional: int8 weight-only linears, or gguf: the .gguf file's own
                                    # Q4_0/Q4_1/Q8_0 blocks (default none: float weights)
+        compile: true              # optional: decode steps as compiled graphs (default false: eager)
         pooling: mean              # /v1/embeddings: mean of the tokens' final states, or last (token)
         safety: {prompt: medium, completion: medium}   # block at this severity and above (or "off")
                                    # judge_model: a served name or http://host:port/v1#model (optional)
@@ -63,6 +64,9 @@ class ModelEntry:
     # "int8": weight-only int8 linears (mai.infer.quant); "gguf": a .gguf file's own blocks
     # (mai.infer.gguf_quant). Either runs any batch through the VNNI kernel where the CPU has one.
     quant: str = "none"
+    # decode-only steps as torch.compile graphs, one per (rows, key width) bucket (mai.infer.compiled_decode):
+    # faster batch-1 and small-batch decoding; the first request of each bucket waits for its compile
+    compile: bool = False
     precision: str = "auto"  # auto: bf16 only where it wins on a decode batch of 8 rows (mai.precision)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     pooling: Literal["mean", "last"] = "mean"  # how /v1/embeddings pools the final hidden states
