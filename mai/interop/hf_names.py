@@ -60,7 +60,7 @@ def hf_config_to_mai(hf: dict[str, Any], max_seq_len: int | None = None) -> Mode
         llama3 = dict(rope_scaling_factor=float(scaling["factor"]),
                       rope_low_freq_factor=float(scaling["low_freq_factor"]),
                       rope_high_freq_factor=float(scaling["high_freq_factor"]),
-                      rope_original_max_seq_len=int(scaling["original_max_position_embeddings"]))
+                      rope_original_max_len=int(scaling["original_max_position_embeddings"]))
     return ModelConfig(
         **llama3,
         vocab_size=hf["vocab_size"],
@@ -88,7 +88,7 @@ def mai_config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     scaling = {"rope_scaling": {
         "rope_type": "llama3", "factor": cfg.rope_scaling_factor, "low_freq_factor": cfg.rope_low_freq_factor,
         "high_freq_factor": cfg.rope_high_freq_factor,
-        "original_max_position_embeddings": cfg.rope_original_max_seq_len}} if cfg.rope_scaling_factor else {}
+        "original_max_position_embeddings": cfg.rope_original_max_len}} if cfg.rope_scaling_factor else {}
     return {
         **scaling,
         "architectures": [arch],

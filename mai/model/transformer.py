@@ -35,7 +35,7 @@ def rope_tables(head_dim: int, max_seq_len: int, theta: float, device=None,
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
     if cfg is not None and cfg.rope_scaling_factor:
         inv_freq = llama3_scaled(inv_freq, cfg.rope_scaling_factor, cfg.rope_low_freq_factor,
-                                 cfg.rope_high_freq_factor, cfg.rope_original_max_seq_len)
+                                 cfg.rope_high_freq_factor, cfg.rope_original_max_len)
     angles = torch.outer(torch.arange(max_seq_len, device=device, dtype=torch.float32), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()

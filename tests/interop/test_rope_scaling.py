@@ -29,7 +29,7 @@ def test_llama3_rope_scaling_matches_transformers(tmp_path):
     hf.save_pretrained(tmp_path / "in")
     loaded = load_model(tmp_path / "in")
     cfg = loaded.cfg
-    assert cfg.rope_scaling_factor == 8.0 and cfg.rope_original_max_seq_len == 32
+    assert cfg.rope_scaling_factor == 8.0 and cfg.rope_original_max_len == 32
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     inv_freq, _ = ROPE_INIT_FUNCTIONS["llama3"](hf.config, "cpu")
