@@ -4,6 +4,8 @@ same adapters merged into plain models (merge_lora, and the run's own merged exp
 engine code. Concurrent requests for the base and the adapters share steps, and each answers as its
 merged model does."""
 
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -112,3 +114,9 @@ def test_a_bad_adapter_is_a_load_error_that_names_it(tiny_dir, tmp_path):
         server.load()
         assert server.load_error.startswith("adapter bad") and why in server.load_error
         server.shutdown()
+
+
+def test_lora_modules_flag_needs_name_equals_path(tiny_dir):
+    proc = subprocess.run([sys.executable, "-m", "mai.cli", "serve", "--model", str(tiny_dir),
+                           "--lora-modules", "just-a-path"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "error: --lora-modules takes NAME=PATH" in proc.stderr
