@@ -127,11 +127,12 @@ class AdapterBank:
     def step(self, adapters: Sequence[int] | int, device: torch.device | str = "cpu") -> Iterator[None]:
         """Within it, this thread's forward passes add each token's adapter: ``adapters`` holds one id per
         token of the flat batch (0 = none), or is one id for every token."""
-        if isinstance(adapters, int):
-            groups: Groups = [(adapters, None)] if adapters else []
+        ids = torch.tensor([adapters] if isinstance(adapters, int) else adapters, dtype=torch.long)
+        present = ids.unique().tolist()
+        if len(present) == 1:  # one adapter (or none) for every token: no gather, no scatter
+            groups: Groups = [(present[0], None)] if present[0] else []
         else:
-            ids = torch.tensor(adapters, dtype=torch.long)
-            groups = [(int(a), (ids == a).nonzero().flatten().to(device)) for a in ids.unique().tolist() if a]
+            groups = [(a, (ids == a).nonzero().flatten().to(device)) for a in present if a]
         self._local.groups = groups
         try:
             yield
