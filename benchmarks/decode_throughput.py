@@ -100,7 +100,7 @@ def main() -> None:
             export_hf(loaded, tmp)
             hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
     short, long = prompt_ids(tok, args.prompt), prompt_ids(tok, args.prefill)
-    engine = Engine(loaded.model, tok.decode, stop_ids=(), max_batch=1, max_len=2048)
+    engine = Engine(loaded.model, tok.decode, stop_ids=(), max_batch=1, max_seq_len=2048)
 
     def mai_generate(model, decoder=None):
         def run(ids: list[int], n: int) -> None:

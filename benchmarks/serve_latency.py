@@ -135,12 +135,12 @@ def wait_ready(proc: subprocess.Popen, url: str, probe: str, what: str) -> None:
     raise SystemExit(f"{what} did not become ready")
 
 
-def start_server(max_batch: int, threads: int, quant: str, max_len: int) -> tuple[subprocess.Popen, str]:
+def start_server(max_batch: int, threads: int, quant: str, max_seq_len: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     catalog = f"/tmp/mai-bench-catalog-{port}.yaml"
     with open(catalog, "w") as f:
         f.write("models:\n  - {name: smol, path: 'bundled:smollm2', "
-                f"max_batch: {max_batch}, max_len: {max_len}, quant: {quant}, "
+                f"max_batch: {max_batch}, max_seq_len: {max_seq_len}, quant: {quant}, "
                 "safety: {prompt: 'off', completion: 'off'}}\n"  # llama.cpp's server filters nothing
                 "limits: {max_waiting: 1024}\n")
     command = [sys.executable, "-m", "mai.cli", "serve", "--catalog", catalog, "--port", str(port)]
@@ -150,7 +150,7 @@ def start_server(max_batch: int, threads: int, quant: str, max_len: int) -> tupl
     return proc, url
 
 
-def start_llama_cpp(threads: int, max_len: int) -> tuple[subprocess.Popen, str]:
+def start_llama_cpp(threads: int, max_seq_len: int) -> tuple[subprocess.Popen, str]:
     """llama-cpp-python's OpenAI-compatible server on the bundled GGUF, serving it as ``smol``."""
     from mai.interop.bundled import smollm2_gguf
 
@@ -159,7 +159,8 @@ def start_llama_cpp(threads: int, max_len: int) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()),
                              "--model_alias", "smol", "--host", "127.0.0.1", "--port", str(port),
                              "--n_threads", str(threads), "--n_threads_batch", str(threads),
-                             "--n_ctx", str(max_len), "--n_batch", "512", "--interrupt_requests", "False"])
+                             "--n_ctx", str(max_seq_len), "--n_batch", "512",
+                             "--interrupt_requests", "False"])
     url = f"http://127.0.0.1:{port}"
     wait_ready(proc, url, "/v1/models", "llama_cpp.server")
     return proc, url
@@ -219,18 +220,18 @@ def main() -> None:
         system = tok.decode(ids[: args.system_prompt]) + "\n\n"
         c = max([c for c in args.concurrency if c <= 8] or [min(args.concurrency)])
         levels.append((f"c{c}+shared system {args.system_prompt}", c, True))
-    max_len = max(1024, args.prompt + args.system_prompt + args.max_tokens + 64)
+    max_seq_len = max(1024, args.prompt + args.system_prompt + args.max_tokens + 64)
     # the started server resolves precision auto for its batch on this machine; an external one is unknown
     tag = bench_tag(choose_precision("auto", "cpu", max(args.concurrency)).name if args.url is None else "?")
     servers: dict[str, tuple[subprocess.Popen | None, str]] = {}
     try:
         if args.url is None:
             servers[f"mai ({args.quant})"] = start_server(max(args.concurrency), args.threads, args.quant,
-                                                          max_len)
+                                                          max_seq_len)
         else:
             servers["server"] = (None, args.url)
         if args.peer == "llama-cpp":
-            servers["llama.cpp (llama_cpp.server)"] = start_llama_cpp(args.threads, max_len)
+            servers["llama.cpp (llama_cpp.server)"] = start_llama_cpp(args.threads, max_seq_len)
         rows: dict[str, list[dict]] = {name: [] for name in servers}
         offset = 0
         for label, c, shared in levels:

@@ -11,4 +11,7 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     || echo "warning: chromium could not be installed; the playground browser test will be skipped" >&2
 fi
 . .venv/bin/activate
-python -m pytest -q -p no:cacheprovider "$@"
+# Two workers, one test file each at a time (module fixtures such as a served model stay with their tests);
+# one torch thread per worker, as two threads per process on two busy cores spin instead of computing.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+python -m pytest -q -p no:cacheprovider -n "${MAI_TEST_WORKERS:-2}" --dist loadfile "$@"

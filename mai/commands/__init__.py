@@ -6,4 +6,4 @@ flags next to the handler that reads them, and imports its heavy parts only insi
 """
 
 MODULES = ("model", "train", "plan", "generate", "convert", "serve", "safety", "data", "post", "grpo", "eval",
-           "judge", "recipe")
+           "recipe")

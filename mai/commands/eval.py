@@ -1,4 +1,5 @@
-"""``mai eval``: benchmarks (lm-eval conventions), generative tasks, perplexity and contamination.
+"""``mai eval``: benchmarks (lm-eval conventions), generative tasks, perplexity, contamination, and a pairwise
+LLM-as-judge comparison of two models (``--judge``).
 
 Every flag is a field of :class:`mai.eval.run.EvalConfig`; ``--config FILE`` and ``--set KEY=VALUE`` set the
 rest, and a flag given on the command line wins. The run saves its config as OUT/config.yaml.
@@ -13,10 +14,13 @@ from mai.commands.flags import add_precision_flag
 
 # flag attribute → config field (generative settings live under gen.)
 _FIELDS = {"limit": "limit", "text": "texts", "shards": "shards", "split": "split",
-           "batch_tokens": "batch_tokens", "max_length": "max_length", "device": "device",
+           "batch_tokens": "batch_tokens", "max_seq_len": "max_seq_len", "device": "device",
            "precision": "precision", "out": "out", "contamination": "contamination", "ngram": "ngram",
            "samples": "gen.samples", "temperature": "gen.temperature", "chat": "gen.chat",
-           "max_new_tokens": "gen.max_new_tokens", "batch_size": "gen.batch_size", "seed": "gen.seed"}
+           "max_new_tokens": "gen.max_new_tokens", "batch_size": "gen.batch_size", "seed": "gen.seed",
+           "judge": "judge.model", "judge_catalog": "judge.catalog", "a": "judge.a", "b": "judge.b",
+           "prompts": "judge.prompts", "judge_max_tokens": "judge.max_tokens",
+           "judge_workers": "judge.workers"}
 
 
 def eval_config(args: argparse.Namespace) -> Any:
@@ -40,11 +44,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     cfg = eval_config(args)
     run_eval_config(cfg)
-    print(f"results    {cfg.out}/results.json, {cfg.out}/results.png (config: {cfg.out}/config.yaml)")
+    files = [f"{cfg.out}/results.json"] + [f"{cfg.out}/results.png"] * bool(cfg.models) + \
+        [f"{cfg.out}/judgments.jsonl"] * bool(cfg.judge.model)
+    print(f"results    {', '.join(files)} (config: {cfg.out}/config.yaml)")
 
 
 def register(sub) -> None:
-    ev = sub.add_parser("eval", help="benchmarks (lm-eval conventions), perplexity and bits per byte")
+    ev = sub.add_parser("eval", help="benchmarks (lm-eval conventions), perplexity and bits per byte, "
+                                     "pairwise LLM-as-judge (--judge)")
     ev.add_argument("models", nargs="*", help="model paths: .gguf, HF dir, mai export, run dir (= models)")
     ev.add_argument("--config", help="a YAML eval config (the fields of mai.eval.run.EvalConfig)")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -57,7 +64,7 @@ def register(sub) -> None:
     ev.add_argument("--shards", default=None, help="token-shard directory for held-out perplexity")
     ev.add_argument("--split", default=None, help="split of --shards (default val)")
     ev.add_argument("--batch-tokens", type=int, default=None, help="tokens per forward batch (default 4096)")
-    ev.add_argument("--max-length", type=int, default=None, help="context window (default: the model's)")
+    ev.add_argument("--max-seq-len", type=int, default=None, help="context window (default: the model's)")
     ev.add_argument("--device", default=None, help="default cpu")
     add_precision_flag(ev)
     ev.set_defaults(precision=None)
@@ -72,4 +79,19 @@ def register(sub) -> None:
     ev.add_argument("--max-new-tokens", type=int, default=None, help="generative tasks: at most N tokens")
     ev.add_argument("--batch-size", type=int, default=None, help="generative: requests decoded together")
     ev.add_argument("--seed", type=int, default=None, help="generative tasks: sampling seed")
+    judge = ev.add_argument_group("pairwise LLM-as-judge (win rate of A over B, both answer orders)")
+    judge.add_argument("--judge", default=None, metavar="URL_OR_MODEL",
+                       help="the judge: an OpenAI-compatible base URL (http://127.0.0.1:8000/v1, optionally "
+                            "#MODEL; key from $MAI_JUDGE_API_KEY), a model of --judge-catalog, or a model "
+                            "path (e.g. bundled:smollm2): those two are served by `mai serve` for the run")
+    judge.add_argument("--judge-catalog", default=None, metavar="FILE",
+                       help="a `mai serve` catalog in which --judge names a model")
+    judge.add_argument("--a", default=None,
+                       help="model A: a path mai loads, or a .jsonl of {answer} per prompt")
+    judge.add_argument("--b", default=None, help="model B (the baseline), the same way")
+    judge.add_argument("--prompts", default=None,
+                       help="JSONL of prompts (strings or {prompt}); none = chitchat-dataset openers "
+                            "(--limit, default 50); A and B answer in --max-new-tokens (default 256)")
+    judge.add_argument("--judge-max-tokens", type=int, default=None, help="judge reply length (default 256)")
+    judge.add_argument("--judge-workers", type=int, default=None, help="judge requests in flight (default 4)")
     ev.set_defaults(func=cmd_eval)

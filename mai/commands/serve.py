@@ -21,7 +21,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if any("=" not in spec for spec in args.lora_modules):
             raise MaiError("--lora-modules takes NAME=PATH (an adapter folder, e.g. RUN/adapter of mai sft)")
         adapters = [AdapterEntry(*spec.split("=", 1)) for spec in args.lora_modules]
-        catalog = Catalog([ModelEntry(name=args.name, path=args.model, max_len=args.max_len,
+        catalog = Catalog([ModelEntry(name=args.name, path=args.model, max_seq_len=args.max_seq_len,
                                       quant=args.quant, precision=args.precision, adapters=adapters)])
     else:
         raise MaiError("give --catalog FILE or --model PATH (e.g. --model bundled:smollm2)")
@@ -49,7 +49,7 @@ def register(sub) -> None:
     srv.add_argument("--catalog", help="a YAML/JSON catalog of models, API keys and limits")
     srv.add_argument("--model", help="serve one model: a .gguf, HF or mai directory, or bundled:smollm2")
     srv.add_argument("--name", default="default", help="the model name clients send (with --model)")
-    srv.add_argument("--max-len", type=int, default=2048, help="context length served (with --model)")
+    srv.add_argument("--max-seq-len", type=int, default=2048, help="context length served (with --model)")
     srv.add_argument("--quant", default="none", choices=["none", "int8", "gguf"],
                      help="int8 weights, or a .gguf file's own Q4_0/Q4_1/Q8_0 blocks (with --model)")
     srv.add_argument("--lora-modules", nargs="+", action="extend", default=[], metavar="NAME=PATH",

@@ -169,8 +169,8 @@ def run_gen_task(model: Transformer, tok: MaiTokenizer, task: GenTask, limit: in
         chosen = [examples[i] for i in chunk]
         prompts, params = [], []
         for i, ex in zip(chunk, chosen, strict=True):
-            budget = min(ex.max_tokens, settings.max_new_tokens or ex.max_tokens, engine.max_len - 1)
-            ids = prompt_ids(tok, ex, settings.chat, engine.max_len - budget)
+            budget = min(ex.max_tokens, settings.max_new_tokens or ex.max_tokens, engine.max_seq_len - 1)
+            ids = prompt_ids(tok, ex, settings.chat, engine.max_seq_len - budget)
             for s in range(settings.samples):
                 prompts.append(ids)
                 params.append(SamplingParams(max_tokens=budget, temperature=settings.temperature,

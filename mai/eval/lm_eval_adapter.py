@@ -28,7 +28,7 @@ from mai.infer.sampling import SamplingParams
 @register_model("mai")
 class MaiLM(LM):
     def __init__(self, pretrained: str, batch_tokens: int = 4096, device: str = "cpu",
-                 max_length: int | None = None, **_: Any) -> None:
+                 max_length: int | None = None, **_: Any) -> None:  # lm-eval's model_args name
         super().__init__()
         from mai.errors import MaiError
         from mai.interop import load_model
@@ -47,7 +47,7 @@ class MaiLM(LM):
         out = []
         for r in requests:
             ppl = score_tokens(self.model, [(self.tok.encode(r.args[0]), 0)], self.scorer.prefix_id,
-                               self.scorer.max_length)
+                               self.scorer.max_seq_len)
             out.append(-ppl.nll)
         return out
 

@@ -10,13 +10,17 @@ The report also gives how often the two orders agree and how often the judge pic
 The judge is any OpenAI-compatible chat endpoint (the official ``openai`` client with ``base_url``), such
 as a model served by ``mai serve`` on 127.0.0.1. A judge reply without a clear verdict, or a request that
 failed, does not stop the run: it is counted as malformed and named (prompt, order, reply) in the report.
+With ``structured`` the reply is asked for as JSON under :data:`VERDICT_SCHEMA` (``response_format``
+json_schema, which mai serve, vLLM and OpenAI constrain the decoding to): a short reason, then the verdict,
+so even a small judge that ignores the bracket convention gives a well-formed verdict.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +36,10 @@ JUDGE_SYSTEM = (
 
 VERDICT = re.compile(r"\[\[\s*(1|2|tie|a|b|c)\s*\]\]", re.IGNORECASE)
 LOOSE = re.compile(r"^\W*(?:verdict\W*)?(1|2|tie|answer 1|answer 2)\W*$", re.IGNORECASE)
+REQUEST_FAILED = "the judge request failed"
+VERDICT_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["reason", "verdict"],
+                  "properties": {"reason": {"type": "string", "maxLength": 160},
+                                 "verdict": {"type": "string", "enum": ["1", "2", "tie"]}}}
 MEANING = {"1": "first", "a": "first", "answer 1": "first", "2": "second", "b": "second",
            "answer 2": "second", "tie": "tie", "c": "tie"}
 
@@ -45,7 +53,11 @@ def judge_messages(prompt: str, first: str, second: str) -> list[dict[str, str]]
 
 def parse_verdict(reply: str) -> tuple[str | None, str]:
     """("first" | "second" | "tie", "") or (None, why): the bracketed verdicts must agree; a reply that is
-    only a verdict (``"2"``, ``"Tie."``) counts too; anything else is malformed, never guessed."""
+    only a verdict (``"2"``, ``"Tie."``), or a JSON object of :data:`VERDICT_SCHEMA`, counts too; anything
+    else is malformed, never guessed."""
+    structured = _json_verdict(reply)
+    if structured is not None:
+        return structured, ""
     found = {MEANING[m.lower()] for m in VERDICT.findall(reply)}
     if len(found) == 1:
         return found.pop(), ""
@@ -55,6 +67,15 @@ def parse_verdict(reply: str) -> tuple[str | None, str]:
     if loose:
         return MEANING[loose.group(1).lower()], ""
     return None, "no verdict ([[1]], [[2]] or [[tie]]) in the reply"
+
+
+def _json_verdict(reply: str) -> str | None:
+    try:
+        value = json.loads(reply)
+    except ValueError:
+        return None
+    verdict = value.get("verdict") if isinstance(value, dict) else None
+    return MEANING.get(verdict.strip().lower()) if isinstance(verdict, str) else None
 
 
 @dataclass
@@ -74,6 +95,11 @@ class Judgment:
             return self.verdict
         a_first = self.order == 0
         return "win" if (self.verdict == "first") == a_first else "loss"
+
+    @property
+    def request_failed(self) -> bool:
+        """The judge never answered (worth asking again), unlike a reply without a verdict."""
+        return self.problem.startswith(REQUEST_FAILED)
 
 
 SCORE = {"win": 1.0, "tie": 0.5, "loss": 0.0}
@@ -131,6 +157,7 @@ class Judge:
     api_key: str = "none"
     max_tokens: int = 256
     workers: int = 4
+    structured: bool = False  # ask for the verdict as JSON under VERDICT_SCHEMA (constrained decoding)
     client: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -144,21 +171,29 @@ class Judge:
         """(reply, "") or ("", why the request failed): one failed call must not end the evaluation."""
         import openai
 
+        extra: dict[str, Any] = {}
+        if self.structured:
+            extra["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "verdict", "strict": True, "schema": VERDICT_SCHEMA}}
         try:
             out = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0,
-                                                      max_tokens=self.max_tokens)
+                                                      max_tokens=self.max_tokens, **extra)
         except openai.APIError as exc:
-            return "", f"the judge request failed: {type(exc).__name__}: {exc}"
+            return "", f"{REQUEST_FAILED}: {type(exc).__name__}: {exc}"
         return out.choices[0].message.content or "", ""
 
 
-def judge_pairs(judge: Judge, prompts: Sequence[str], answers_a: Sequence[str],
-                answers_b: Sequence[str]) -> list[Judgment]:
-    """Both orders of every prompt's pair, asked concurrently (``judge.workers`` requests in flight)."""
+def judge_pairs(judge: Judge, prompts: Sequence[str], answers_a: Sequence[str], answers_b: Sequence[str],
+                done: Mapping[tuple[int, int], Judgment] | None = None,
+                record: Callable[[Judgment], None] | None = None) -> list[Judgment]:
+    """Both orders of every prompt's pair, asked concurrently (``judge.workers`` requests in flight), in
+    (prompt, order) order. Judgments in ``done`` (by (prompt, order)) are kept, not asked again; ``record``
+    gets each new one as it arrives, on this thread, so a caller can save it before the next comes."""
     if not (len(prompts) == len(answers_a) == len(answers_b)) or not prompts:
         raise MaiError(f"pairwise judging needs one answer of each model per prompt: {len(prompts)} prompts, "
                        f"{len(answers_a)} answers of A, {len(answers_b)} of B")
-    jobs = [(i, order) for i in range(len(prompts)) for order in (0, 1)]
+    done = done or {}
+    jobs = [(i, order) for i in range(len(prompts)) for order in (0, 1) if (i, order) not in done]
 
     def one(job: tuple[int, int]) -> Judgment:
         i, order = job
@@ -169,5 +204,14 @@ def judge_pairs(judge: Judge, prompts: Sequence[str], answers_a: Sequence[str],
         verdict, why = parse_verdict(reply)
         return Judgment(i, order, reply, verdict, why)
 
-    with ThreadPoolExecutor(max(1, judge.workers)) as pool:
-        return list(pool.map(one, jobs))
+    found = dict(done)
+    pool = ThreadPoolExecutor(max(1, judge.workers))
+    try:
+        for future in as_completed([pool.submit(one, job) for job in jobs]):
+            judgment = future.result()
+            found[judgment.prompt_index, judgment.order] = judgment
+            if record is not None:
+                record(judgment)
+    finally:  # interrupted: wait only for the requests in flight, not for the queue
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [found[i, order] for i in range(len(prompts)) for order in (0, 1)]

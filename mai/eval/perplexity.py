@@ -1,7 +1,7 @@
 """Perplexity and bits per byte of a model on raw text files or on a token-shard split.
 
 Text is scored the way lm-evaluation-harness scores ``loglikelihood_rolling``: the document's tokens,
-after one BOS (else EOS) token, are cut into disjoint windows of ``max_length`` predictions. Bits per
+after one BOS (else EOS) token, are cut into disjoint windows of ``max_seq_len`` predictions. Bits per
 byte divides the total negative log-likelihood by ln 2 and by the UTF-8 size of the text, which makes
 models with different tokenizers comparable.
 """
@@ -60,7 +60,7 @@ def text_documents(paths: Iterable[str | Path]) -> Iterator[str]:
 
 @torch.no_grad()
 def score_tokens(model: Transformer, docs: Iterable[tuple[list[int], int]], prefix_id: int,
-                 max_length: int, limit: int | None = None) -> Perplexity:
+                 max_seq_len: int, limit: int | None = None) -> Perplexity:
     """Total NLL of each token list (with its byte count) after ``prefix_id``, in disjoint windows."""
     device = next(model.parameters()).device
     total = Perplexity(0.0, 0, 0, 0)
@@ -68,8 +68,8 @@ def score_tokens(model: Transformer, docs: Iterable[tuple[list[int], int]], pref
         if limit is not None and total.documents >= limit:
             break
         seq = torch.tensor([prefix_id, *ids], dtype=torch.long)
-        for start in range(0, len(ids), max_length):
-            window = seq[start:start + max_length + 1].to(device)
+        for start in range(0, len(ids), max_seq_len):
+            window = seq[start:start + max_seq_len + 1].to(device)
             logits = model(window[None, :-1]).float()[0]
             total.nll -= torch.log_softmax(logits, -1).gather(1, window[1:, None]).sum().item()
         total.tokens += len(ids)
@@ -80,13 +80,13 @@ def score_tokens(model: Transformer, docs: Iterable[tuple[list[int], int]], pref
     return total
 
 
-def text_perplexity(model: Transformer, tok: MaiTokenizer, texts: Iterable[str], max_length: int,
+def text_perplexity(model: Transformer, tok: MaiTokenizer, texts: Iterable[str], max_seq_len: int,
                     limit: int | None = None) -> Perplexity:
     docs = ((tok.encode(t), len(t.encode("utf-8"))) for t in texts if t)
-    return score_tokens(model, docs, tok.bos_id if tok.bos_id is not None else tok.eos_id, max_length, limit)
+    return score_tokens(model, docs, tok.bos_id if tok.bos_id is not None else tok.eos_id, max_seq_len, limit)
 
 
-def shard_perplexity(model: Transformer, tok: MaiTokenizer, path: str | Path, split: str, max_length: int,
+def shard_perplexity(model: Transformer, tok: MaiTokenizer, path: str | Path, split: str, max_seq_len: int,
                      limit: int | None = None) -> Perplexity:
     """Held-out documents of a token-shard directory (made with this model's tokenizer)."""
     from mai.data.shards import TokenDataset
@@ -100,4 +100,4 @@ def shard_perplexity(model: Transformer, tok: MaiTokenizer, path: str | Path, sp
         for i in range(len(ds.doc_ends)):
             ids = ds.document(i).tolist()
             yield ids, len(tok.decode(ids, skip_special=False).encode("utf-8"))
-    return score_tokens(model, docs(), tok.eos_id, max_length, limit)
+    return score_tokens(model, docs(), tok.eos_id, max_seq_len, limit)

@@ -1,6 +1,7 @@
 """``mai eval``: every requested model on every requested task (log-likelihood or generative) and text set,
-then table, JSON and chart. :class:`EvalConfig` holds every flag, and a run saves it as ``OUT/config.yaml``
-so ``mai eval --config OUT/config.yaml`` repeats it."""
+then table, JSON and chart; and, with a judge, two answer sets compared pairwise (:mod:`mai.eval.judge_run`).
+:class:`EvalConfig` holds every flag, and a run saves it as ``OUT/config.yaml`` so
+``mai eval --config OUT/config.yaml`` repeats it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from mai.errors import MaiError
 from mai.eval.gen_tasks import GEN_TASKS, GenTask, get_gen_task
 from mai.eval.generation import GenSettings, run_gen_task
 from mai.eval.harness import run_task
+from mai.eval.judge_endpoint import JudgeSettings
 from mai.eval.perplexity import shard_perplexity, text_documents, text_perplexity
 from mai.eval.report import plot, table, write_json
 from mai.eval.scoring import LoglikScorer
@@ -37,31 +39,46 @@ class EvalConfig:
     split: str = "val"
     batch_tokens: int = 4096
     device: str = "cpu"
-    max_length: int | None = None  # context window (default: the model's)
+    max_seq_len: int | None = None  # context window (default: the model's)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     gen: GenSettings = dataclasses.field(default_factory=GenSettings)  # generative tasks
     contamination: list[str] = dataclasses.field(default_factory=list)  # training shard dirs to check
     ngram: int = 13  # n-gram length of the contamination report
+    judge: JudgeSettings = dataclasses.field(default_factory=JudgeSettings)  # pairwise A vs B (judge.model)
 
 
 def run_eval_config(cfg: EvalConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Save ``cfg`` as OUT/config.yaml, evaluate, and write the contamination report when asked; returns
-    the results (and ``contamination`` when computed)."""
-    if not cfg.models:
-        raise MaiError("no model to evaluate: give model paths (or models: [...] in the config)")
-    atomic_write_text(Path(cfg.out) / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    results = run_eval(cfg.models, cfg.tasks, cfg.out, cfg.limit, cfg.texts, cfg.shards, cfg.split,
-                       cfg.batch_tokens, cfg.device, cfg.max_length, echo, cfg.precision, cfg.gen)
+    """Save ``cfg`` as OUT/config.yaml, evaluate, judge A against B and write the contamination report
+    when asked; write OUT/results.json; returns the results (and ``judge``, ``contamination`` when
+    computed)."""
+    if not cfg.models and not cfg.judge.model:
+        raise MaiError("no model to evaluate: give model paths (or models: [...] in the config), or --judge")
+    if cfg.models and cfg.judge.model and not (cfg.tasks or cfg.texts or cfg.shards):
+        raise MaiError("--judge compares --a with --b; the model paths given have no --tasks, --text or "
+                       "--shards to run (give the two models as --a and --b)")
+    out = Path(cfg.out)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    done: dict[str, Any] = {"results": {}}
+    if cfg.models:
+        done["results"] = run_eval(cfg.models, cfg.tasks, cfg.out, cfg.limit, cfg.texts, cfg.shards,
+                                   cfg.split, cfg.batch_tokens, cfg.device, cfg.max_seq_len, echo,
+                                   cfg.precision, cfg.gen)
+        write_json({"limit": cfg.limit, **done}, out / "results.json")  # kept should the judging fail
+    if cfg.judge.model:
+        from mai.eval.judge_run import run_judge
+
+        done["judge"] = run_judge(cfg.judge, out, cfg.limit, cfg.gen, cfg.precision, cfg.device, echo)
+        write_json({"limit": cfg.limit, **done}, out / "results.json")
     if not cfg.contamination:
-        return {"results": results}
+        return done
     from mai.eval.decontam import contamination
 
     report = contamination(cfg.tasks, cfg.contamination, cfg.ngram, cfg.limit)
     for name, r in report.items():
         echo(f"contamination  {name:<14} {r['contaminated']:>6} of {r['examples']:>6} examples "
              f"({r['percent']:.2f}%) share a {r['ngram']}-gram with the training shards")
-    write_json(report, Path(cfg.out) / "contamination.json")
-    return {"results": results, "contamination": report}
+    write_json(report, out / "contamination.json")
+    return {**done, "contamination": report}
 
 
 def resolve_tasks(names: Sequence[str]) -> tuple[list[Task], list[GenTask]]:
@@ -88,10 +105,10 @@ def samples_path(out_dir: str | Path, model: str, task: str) -> Path:
 
 def run_eval(models: Sequence[str], tasks: Sequence[str], out_dir: str | Path, limit: int | None = None,
              texts: Sequence[str] = (), shards: str | None = None, split: str = "val",
-             batch_tokens: int = 4096, device: str = "cpu", max_length: int | None = None,
+             batch_tokens: int = 4096, device: str = "cpu", max_seq_len: int | None = None,
              echo: Callable[[str], None] = print, precision: str = "auto",
              gen: GenSettings | None = None) -> dict[str, Any]:
-    """Evaluate; write ``results.json`` and ``results.png`` into out_dir; return the results dict."""
+    """Evaluate; write ``results.png`` into out_dir; return the results dict."""
     from mai.infer.load import load_for_inference
     from mai.precision import TRAIN_ROWS
 
@@ -103,7 +120,7 @@ def run_eval(models: Sequence[str], tasks: Sequence[str], out_dir: str | Path, l
         # scoring runs the model over many rows at once: the precision is measured for that shape
         loaded, _ = load_for_inference(path, precision=precision, rows=TRAIN_ROWS, device=device)
         model = loaded.model
-        length = min(max_length or model.cfg.max_seq_len, model.cfg.max_seq_len)
+        length = min(max_seq_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
         scorer = LoglikScorer(model, loaded.tokenizer, batch_tokens, length)
         per_task: dict[str, Any] = {}
         for task in chosen:
@@ -124,8 +141,6 @@ def run_eval(models: Sequence[str], tasks: Sequence[str], out_dir: str | Path, l
                 ppl = shard_perplexity(model, loaded.tokenizer, shards, split, length, limit)
                 per_task[f"shards:{split}"] = ppl.as_dict()
         results[str(path)] = per_task
-    out = Path(out_dir)
-    write_json({"limit": limit, "results": results}, out / "results.json")
-    plot(results, out / "results.png")
+    plot(results, Path(out_dir) / "results.png")
     echo(table(results))
     return results

@@ -74,10 +74,10 @@ class LoglikScorer:
     (:mod:`mai.infer.onednn_linear`: same weights, faster on many rows, unchanged for training)."""
 
     def __init__(self, model: Transformer, tokenizer: MaiTokenizer, batch_tokens: int = 4096,
-                 max_length: int | None = None, pack_len: int = 256, min_shared: int = 64) -> None:
+                 max_seq_len: int | None = None, pack_len: int = 256, min_shared: int = 64) -> None:
         self.model, self.tok = use_onednn_linears(model), tokenizer
         self.batch_tokens, self.pack_len, self.min_shared = batch_tokens, pack_len, min_shared
-        self.max_length = max_length or model.cfg.max_seq_len
+        self.max_seq_len = max_seq_len or model.cfg.max_seq_len
         self.device = next(model.parameters()).device
         self.prefix_id = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
 
@@ -110,7 +110,7 @@ class LoglikScorer:
         out = []
         for ctx, (conts, owners) in groups.items():  # keep positions within the context, as lm-eval truncates
             longest = max(len(c) for c in conts)
-            out.append(Row(list(ctx[-max(1, self.max_length + 1 - longest):]), conts, owners))
+            out.append(Row(list(ctx[-max(1, self.max_seq_len + 1 - longest):]), conts, owners))
         return out
 
     def bins(self, rows: list[Row]) -> list[list[Row]]:

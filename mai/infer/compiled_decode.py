@@ -22,9 +22,9 @@ ROW_BUCKETS = (1, 2, 4, 8, 16, 32)
 MIN_WIDTH = 256
 
 
-def width_bucket(context: int, block_size: int, max_len: int) -> int:
+def width_bucket(context: int, block_size: int, max_seq_len: int) -> int:
     """Key positions a compiled step reads for rows whose longest context is ``context``."""
-    cap = -(-max_len // block_size) * block_size
+    cap = -(-max_seq_len // block_size) * block_size
     return max(context, min(cap, max(MIN_WIDTH, 1 << (context - 1).bit_length())))
 
 
@@ -35,7 +35,6 @@ class CompiledDecoder(ModelRunner):
         super().__init__(model)
         self.graph = torch.compile(self._decode, fullgraph=True, dynamic=False)
         self._cache: PagedKVCache | None = None
-        self.compiled_steps = 0  # steps that ran as a compiled graph
 
     def make_cache(self, num_blocks: int, block_size: int) -> PagedKVCache:
         """One pool kept across engines of the same size (``mai chat`` builds one per turn), so the

@@ -91,6 +91,7 @@ class EngineStats:
     preemptions: int
     draft_tokens: int  # speculative tokens proposed
     accepted_tokens: int  # of those, accepted by the target model
+    compiled_steps: int  # steps run as compiled graphs (a catalog model with compile: true)
     mixed_adapter_steps: int  # steps whose tokens went through more than one LoRA adapter (or none and one)
 
 
@@ -130,11 +131,12 @@ class _Running:
         self.pending: list[TokenLogprob] = []
         self.draft_q: list[torch.Tensor] | None = None  # the distributions the drafts were drawn from
 
-    def begin(self, decode: Callable[[list[int]], str], max_len: int, constraints: ConstraintFactory) -> None:
+    def begin(self, decode: Callable[[list[int]], str], max_seq_len: int,
+              constraints: ConstraintFactory) -> None:
         self.req.scheduled = time.perf_counter()
         self.gen = self.req.params.generator()
         self.stream = TextStream(decode, self.req.params.stop)
-        self.budget = min(self.req.params.max_tokens, max_len - len(self.req.prompt_ids))
+        self.budget = min(self.req.params.max_tokens, max_seq_len - len(self.req.prompt_ids))
         self.constraint = constraints(self.req.params)
         self.started = True
 
@@ -155,14 +157,14 @@ class Engine:
     made with the same bank: compiled decoding does not apply adapters)."""
 
     def __init__(self, model: Transformer, decode: Callable[[list[int]], str], stop_ids: Sequence[int] = (),
-                 max_batch: int = 32, max_len: int | None = None, token_texts: list[str] | None = None,
+                 max_batch: int = 32, max_seq_len: int | None = None, token_texts: list[str] | None = None,
                  constraints: ConstraintFactory | None = None, max_num_batched_tokens: int | None = None,
                  kv_blocks: int | None = None, prefix_caching: bool = True, runner: ModelRunner | None = None,
                  recompute: bool = False, speculative: Proposer | None = None,
                  num_speculative_tokens: int = 4, adapters: AdapterBank | None = None):
         self.model, self.decode, self.stop_ids = model, decode, set(stop_ids)
         self.max_batch = max_batch
-        self.max_len = min(max_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
+        self.max_seq_len = min(max_seq_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
         self.token_texts = token_texts  # text of every token id: needed for logprobs (and JSON mode)
         self.constraints = constraints or json_mode_factory(token_texts)  # request → its output constraint
         self.runner = runner or ModelRunner(model, adapters)
@@ -175,13 +177,13 @@ class Engine:
         if budget < max_batch:
             raise MaiError(f"max_num_batched_tokens ({budget}) must be at least max_batch ({max_batch}): "
                            "every decoding request takes one token of each step")
-        per_request = -(-self.max_len // BLOCK_SIZE)
+        per_request = -(-self.max_seq_len // BLOCK_SIZE)
         blocks = kv_blocks or min(max_batch * per_request, max(DEFAULT_POOL_BLOCKS, per_request))
         if blocks < per_request:
-            raise MaiError(f"a KV pool of {blocks} blocks cannot hold one request of {self.max_len} tokens "
-                           f"({per_request} blocks of {BLOCK_SIZE})")
+            raise MaiError(f"a KV pool of {blocks} blocks cannot hold one request of {self.max_seq_len} "
+                           f"tokens ({per_request} blocks of {BLOCK_SIZE})")
         self.blocks = BlockManager(blocks + 1, BLOCK_SIZE)  # + the reserved scratch block
-        self.scheduler = Scheduler(self.blocks, max_batch, self.max_len if recompute else budget,
+        self.scheduler = Scheduler(self.blocks, max_batch, self.max_seq_len if recompute else budget,
                                    prefix_caching and not recompute)
         self.cache = self.runner.make_cache(self.blocks.num_blocks, BLOCK_SIZE)
         self.lock = threading.Condition()
@@ -205,9 +207,9 @@ class Engine:
             raise MaiError(f"LoRA adapter {adapter} is not one of this engine's {served} adapters")
         if not prompt_ids:
             raise MaiError("the prompt is empty")
-        if len(prompt_ids) >= self.max_len:
-            raise MaiError(f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.max_len} "
-                           "tokens including the answer")
+        if len(prompt_ids) >= self.max_seq_len:
+            raise MaiError(f"the prompt has {len(prompt_ids)} tokens; this model's context is "
+                           f"{self.max_seq_len} tokens including the answer")
         vocab = self.model.cfg.vocab_size
         if not all(0 <= t < vocab for t in prompt_ids):
             raise MaiError(f"the prompt has token ids outside this model's vocabulary (0..{vocab - 1})")
@@ -253,7 +255,7 @@ class Engine:
         b = self.blocks
         return EngineStats(b.num_blocks - 1, b.num_free, len(b.by_hash), b.queried_tokens, b.hit_tokens,
                            self.preemptions, self.draft_tokens, self.accepted_tokens,
-                           self.mixed_adapter_steps)
+                           self.runner.compiled_steps, self.mixed_adapter_steps)
 
     def generate(self, prompt_ids: Sequence[int], params: SamplingParams) -> Request:
         """Run one request to the end on the calling thread (or wait for the background thread)."""
@@ -380,7 +382,7 @@ class Engine:
         for seq in self.scheduler.running:
             run = seq.owner
             room = min(self.num_speculative_tokens, run.budget - len(run.req.token_ids) - 1,
-                       self.max_len - len(seq.tokens))
+                       self.max_seq_len - len(seq.tokens))
             if seq.remaining != 1 or not run.started or room <= 0:
                 continue
             try:
@@ -428,7 +430,7 @@ class Engine:
         if run.started:
             return True
         try:
-            run.begin(self.decode, self.max_len, self.constraints)
+            run.begin(self.decode, self.max_seq_len, self.constraints)
             return True
         except Exception as exc:
             log.exception("mai engine: request %d could not start", run.req.id)

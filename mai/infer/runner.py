@@ -40,6 +40,7 @@ class ModelRunner:
         self.model, self.adapters = model, adapters
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.compiled_steps = 0  # steps run as a compiled graph (CompiledDecoder counts them)
 
     def make_cache(self, num_blocks: int, block_size: int) -> PagedKVCache:
         return PagedKVCache(self.model.cfg, num_blocks, block_size, self.device, self.dtype)

@@ -28,15 +28,15 @@ def llama3_scaled(inv_freq: torch.Tensor, factor: float, low: float, high: float
     return (1 - smooth) * inv_freq / factor + smooth * inv_freq
 
 
-def rope_tables(head_dim: int, max_len: int, theta: float, device=None,
+def rope_tables(head_dim: int, max_seq_len: int, theta: float, device=None,
                 cfg: ModelConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables of shape [max_len, head_dim] in the half-split layout (pairs i and i + head_dim/2);
+    """cos/sin tables of shape [max_seq_len, head_dim] in the half-split layout (pairs i and i + head_dim/2);
     ``cfg`` supplies Llama 3.1 rope scaling when its ``rope_scaling_factor`` is set."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
     if cfg is not None and cfg.rope_scaling_factor:
         inv_freq = llama3_scaled(inv_freq, cfg.rope_scaling_factor, cfg.rope_low_freq_factor,
                                  cfg.rope_high_freq_factor, cfg.rope_original_max_len)
-    angles = torch.outer(torch.arange(max_len, device=device, dtype=torch.float32), inv_freq)
+    angles = torch.outer(torch.arange(max_seq_len, device=device, dtype=torch.float32), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
 
@@ -95,12 +95,12 @@ class KVCache:
     one-token probe). The serving engine's paged cache is :mod:`mai.infer.kv_cache`.
     """
 
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
-        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+    def __init__(self, cfg: ModelConfig, batch: int, max_seq_len: int, device=None, dtype=torch.float32):
+        shape = (batch, cfg.n_kv_heads, max_seq_len, cfg.head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         self.length = 0
-        self.max_len = max_len
+        self.max_seq_len = max_seq_len
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new keys/values at positions [length, length + T) and return all of them so far."""

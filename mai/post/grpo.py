@@ -155,17 +155,17 @@ class RolloutMaker:
     hook) and the frozen reference."""
 
     def __init__(self, cfg: GRPOConfig, items: list[dict[str, Any]], tok: MaiTokenizer,
-                 reference: torch.nn.Module | None, out_dir: Path, max_len: int) -> None:
+                 reference: torch.nn.Module | None, out_dir: Path, max_seq_len: int) -> None:
         self.cfg, self.items, self.tok, self.reference = cfg, items, tok, reference
-        self.dir, self.max_len = out_dir / "rollouts", max_len
+        self.dir, self.max_seq_len = out_dir / "rollouts", max_seq_len
         self.rewards = RewardSet(cfg.rewards)
         self.rewards.check_items([(it, it["id"]) for it in items])
         self.end_id = turn_end_id(tok, cfg.chat)
         self.prompts = [prompt_ids(tok, it, cfg.chat) for it in items]
         for it, ids in zip(items, self.prompts, strict=True):
-            if len(ids) + cfg.max_new_tokens > max_len:
+            if len(ids) + cfg.max_new_tokens > max_seq_len:
                 raise MaiError(f"{it['id']}: the prompt is {len(ids)} tokens; with grpo.max_new_tokens "
-                               f"{cfg.max_new_tokens} that exceeds data.seq_len {max_len - 1} + 1")
+                               f"{cfg.max_new_tokens} that exceeds data.seq_len {max_seq_len - 1} + 1")
         self.policy: torch.nn.Module | None = None
 
     def picks(self, seed: int, index: int) -> list[int]:
@@ -220,7 +220,7 @@ class RolloutMaker:
             raise MaiError("internal: the GRPO sampler has no policy model (the adapt hook did not run)")
         cfg, out, prompts, params = self.cfg, [], [], []
         engine = Engine(self.policy, self.tok.decode, [self.end_id],
-                        max_batch=cfg.prompts_per_step * cfg.group_size, max_len=self.max_len)
+                        max_batch=cfg.prompts_per_step * cfg.group_size, max_seq_len=self.max_seq_len)
         for p, item_index in enumerate(self.picks(seed, index)):
             for g in range(cfg.group_size):
                 params.append(SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,

@@ -29,7 +29,7 @@ class TeacherConfig:
     model: str = "bundled:smollm2"
     base_url: str | None = None
     name: str = "teacher"  # the model name requests send
-    max_len: int = 2048
+    max_seq_len: int = 2048
     threads: int = 1  # torch threads of the served teacher
     startup_timeout_s: float = 600.0
 
@@ -82,10 +82,11 @@ class EvalStage:
     held_out_docs: int = 200  # web validation documents as a text set (comparable across tokenizers)
     chats: int = 4  # sample chats of the student (and teacher) shown in the report
     contamination: bool = True  # report benchmark examples sharing a 13-gram with the student's shards
-    # the sample chats judged pairwise (mai.eval.pairwise, both orders) by the teacher itself: biased
-    # towards its own answers, and slow on a CPU (two judge replies per chat)
-    judge: bool = False
-    judge_max_tokens: int = 64
+    # the sample chats judged pairwise (mai.eval.pairwise, both orders) by the teacher itself, its verdict
+    # constrained to JSON ({reason, verdict}): a small teacher is a weak judge biased towards its own
+    # answers (the report shows its order agreement beside the win rate); two judge replies per chat
+    judge: bool = True
+    judge_max_tokens: int = 96
 
 
 @dataclasses.dataclass

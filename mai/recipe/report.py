@@ -140,7 +140,8 @@ def sections(recipe: Recipe, manifests: dict[str, Any]) -> list[tuple[str, str, 
             if isinstance(note, dict):  # mai.eval.pairwise's summary, the student as model A
                 note = (f"student win rate {note['win_rate']:.2f} (95% CI {note['ci_low']:.2f}-"
                         f"{note['ci_high']:.2f}) over {note['prompts']} prompts, both orders; "
-                        f"{note['malformed']} malformed judgments; the judge is the teacher itself")
+                        f"{note['malformed']} malformed judgments; the two orders agree in "
+                        f"{note['order_agreement']:.0%} of prompts; the judge is the teacher itself")
             md = f"Held-out web text, bits per byte (lower is better): {text}.\n\nPairwise judge: {note}\n"
             out.append(("Teacher vs student", md, f"<p>{html.escape(md)}</p>", None))
         chats = run / "eval" / "chats.json"

@@ -91,7 +91,8 @@ def eval_plan(recipe: Recipe, run: Path, section: dict[str, Any],
         if cfg.judge and chats and cfg.teacher:
             from mai.eval.pairwise import Judge, judge_pairs, summarize
 
-            judge = Judge(teacher_url(), recipe.teacher.name, max_tokens=cfg.judge_max_tokens, workers=1)
+            judge = Judge(teacher_url(), recipe.teacher.name, max_tokens=cfg.judge_max_tokens, workers=2,
+                          structured=True)
             pairwise = summarize(judge_pairs(judge, prompts, mine, theirs), len(prompts))
         names = {student: "student", recipe.teacher.model: "teacher"}
         return {"results": {names.get(k, k): v for k, v in results.items()}, "chats": len(chats),

@@ -31,6 +31,7 @@ from prometheus_client import generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mai.errors import MaiError
+from mai.infer.compiled_decode import CompiledDecoder
 from mai.infer.engine import Engine, token_texts
 from mai.infer.grammar import GrammarConstraints
 from mai.infer.lora_serving import AdapterBank
@@ -106,7 +107,7 @@ class Server:
         try:
             models = {entry.name: load_for_inference(entry.path, entry.quant, entry.precision,
                                                      rows=min(entry.max_batch, SERVE_ROWS),
-                                                     max_seq_len=entry.max_len)[0]
+                                                     max_seq_len=entry.max_seq_len)[0]
                       for entry in self.catalog.models}
             for entry in self.catalog.models:
                 loaded = models[entry.name]
@@ -122,7 +123,8 @@ class Server:
                                 constraints=GrammarConstraints.for_tokenizer(tok, loaded.cfg.vocab_size),
                                 speculative=make_proposer(spec.method, models[spec.draft_model].model
                                                           if spec.draft_model else None),
-                                num_speculative_tokens=spec.tokens, adapters=bank)
+                                num_speculative_tokens=spec.tokens, adapters=bank,
+                                runner=CompiledDecoder(loaded.model) if entry.compile else None)
                 engine.start()
                 created = int(time.time())
                 self.models[entry.name] = Served(entry, engine, tok, created)
@@ -358,7 +360,7 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
         return {"object": "list", "data": [
             {"id": name, "object": "model", "created": s.created, "owned_by": "mai",
              "root": s.entry.adapters[s.adapter - 1].path if s.adapter else s.entry.path, "parent": s.parent,
-             "max_model_len": s.engine.max_len} for name, s in server.models.items()]}
+             "max_model_len": s.engine.max_seq_len} for name, s in server.models.items()]}
 
     @app.post("/v1/moderations", response_model=None,
               responses={200: {"model": Moderation}, **_errors(400, 401, 408, 413, 429, 503)})
@@ -387,7 +389,7 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
 
     async def generate(request: Request, served: Served, body: ChatRequest | CompletionRequest,
                        ids: list[int], prompt_result: SafetyResult, prefix: str = "") -> Any:
-        ctx = ModelContext(len(ids), served.engine.max_len, served.engine.model.cfg.vocab_size,
+        ctx = ModelContext(len(ids), served.engine.max_seq_len, served.engine.model.cfg.vocab_size,
                            served.engine.constraints, served.tokenizer.chat_template)
         params = body.to_sampling_params(server.limits, ctx)
         gen = Generation(server, served, body, ids, params, prompt_result, request.state.key, prefix)

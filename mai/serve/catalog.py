@@ -5,9 +5,10 @@ on requests. A YAML or JSON file::
       - name: smollm2              # the `model` field clients send
         path: bundled:smollm2      # a .gguf, a HF directory, a mai run/model directory
         max_batch: 32
-        max_len: 2048              # context served (defaults to the model's, capped here)
+        max_seq_len: 2048              # context served (defaults to the model's, capped here)
         quant: gguf                # optional: int8 weight-only linears, or gguf: the .gguf file's own
                                    # Q4_0/Q4_1/Q8_0 blocks (default none: float weights)
+        compile: true              # optional: decode steps as compiled graphs (default false: eager)
         pooling: mean              # /v1/embeddings: mean of the tokens' final states, or last (token)
         adapters:                  # LoRA adapters (RUN/adapter of `mai sft --lora-rank R`) served over
           - name: smollm2-pirate   # this one base without merging, each under its own model name; a
@@ -74,10 +75,13 @@ class ModelEntry:
     name: str
     path: str
     max_batch: int = 32
-    max_len: int = 2048
+    max_seq_len: int = 2048
     # "int8": weight-only int8 linears (mai.infer.quant); "gguf": a .gguf file's own blocks
     # (mai.infer.gguf_quant). Either runs any batch through the VNNI kernel where the CPU has one.
     quant: str = "none"
+    # decode-only steps as torch.compile graphs, one per (rows, key width) bucket (mai.infer.compiled_decode):
+    # faster batch-1 and small-batch decoding; the first request of each bucket waits for its compile
+    compile: bool = False
     precision: str = "auto"  # auto: bf16 only where it wins on a decode batch of 8 rows (mai.precision)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     pooling: Literal["mean", "last"] = "mean"  # how /v1/embeddings pools the final hidden states
@@ -131,6 +135,9 @@ class Catalog:
                                f"catalog ({', '.join(n for n in names if n != m.name) or 'there is none'})")
             if spec.tokens < 1:
                 raise MaiError(f"model {m.name}: speculative.tokens must be at least 1, got {spec.tokens}")
+            if m.compile and m.adapters:
+                raise MaiError(f"model {m.name}: compiled decoding does not apply LoRA adapters; serve its "
+                               "adapters with compile: false")
             for level in (m.safety.prompt, m.safety.completion):
                 if level not in ("low", "medium", "high", "off"):
                     raise MaiError(f"model {m.name}: safety level '{level}' is not low, medium, high or off")

@@ -235,7 +235,7 @@ class Embedder:
     def _token_ids(self, served: Served, body: EmbeddingRequest) -> list[list[int]]:
         """Each input's tokens; 400 for one over the server's prompt limit or the model's context, or
         naming a token outside the vocabulary."""
-        limit = min(self.server.limits.max_prompt_tokens, served.engine.max_len)
+        limit = min(self.server.limits.max_prompt_tokens, served.engine.max_seq_len)
         vocab = served.engine.model.cfg.vocab_size
         inputs = []
         for i, item in enumerate(body.input):

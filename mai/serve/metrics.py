@@ -39,6 +39,8 @@ class Metrics:
                                  registry=r),
             "draft_tokens": Gauge("mai_spec_decode_num_draft_tokens", "Speculative tokens proposed", m,
                                   registry=r),
+            "compiled_steps": Gauge("mai_compiled_decode_steps", "Engine steps run as compiled graphs", m,
+                                    registry=r),
             "accepted_tokens": Gauge("mai_spec_decode_num_accepted_tokens", "Speculative tokens accepted", m,
                                      registry=r),
             "mixed_adapter_steps": Gauge("mai_lora_mixed_steps", "Engine steps that served more than one "

@@ -203,7 +203,7 @@ class ModelContext:
     """What the mapping to sampling parameters needs to know about the model and the prompt."""
 
     prompt_tokens: int
-    max_len: int  # the context served: prompt + answer
+    max_seq_len: int  # the context served: prompt + answer
     vocab_size: int
     grammars: GrammarConstraints | None = None  # the model's grammar compiler (structured outputs, tools)
     chat_template: str | None = None  # picks the tool-call format
@@ -261,7 +261,7 @@ class _Sampling(BaseModel):
 
     def _max_tokens(self, limits: Limits, ctx: ModelContext) -> int:
         """The request's max_tokens, or min(OpenAI's default, the server's limit, the room left)."""
-        prompt, context = ctx.prompt_tokens, ctx.max_len
+        prompt, context = ctx.prompt_tokens, ctx.max_seq_len
         if prompt > limits.max_prompt_tokens:
             raise ApiError(400, f"the prompt has {prompt} tokens; the limit is {limits.max_prompt_tokens}",
                            "context_length_exceeded", self.prompt_param())

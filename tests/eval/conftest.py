@@ -47,16 +47,14 @@ def benchdata() -> None:
 
 
 @pytest.fixture(scope="session")
-def smollm_hf(smollm):
-    """The peer: transformers' own reading of the SmolLM2 GGUF (fp32), loaded once per session — it takes
-    over a minute (transformers dequantizes every tensor in numpy) and every lm-eval agreement test needs it.
-    Returns a factory of lm-eval ``hf`` models over that one loaded model, at the batch size a test asks."""
+def smollm_hf(smollm2_hf_dir):
+    """The peer: transformers' own reading of the SmolLM2 GGUF (fp32), loaded once per session for every
+    lm-eval agreement test. Returns a factory of lm-eval ``hf`` models over that one loaded model, at the
+    batch size a test asks."""
     pytest.importorskip("lm_eval")
-    pytest.importorskip("gguf")
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(smollm.parent), gguf_file=smollm.name,
-                                                 torch_dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(smollm.parent), gguf_file=smollm.name)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_hf_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_hf_dir)
     return lambda batch_size: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)

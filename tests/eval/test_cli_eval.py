@@ -42,13 +42,13 @@ def test_bits_per_byte_is_total_nll_over_bytes(tiny_dir):
     loaded = load_model(tiny_dir)
     tok, model = loaded.tokenizer, loaded.model
     text = "Ünïcödé text: café, naïve, 東京."
-    got = text_perplexity(model, tok, [text], max_length=512)
+    got = text_perplexity(model, tok, [text], max_seq_len=512)
     ids = torch.tensor([[tok.bos_id, *tok.encode(text)]])
     with torch.no_grad():
         nll = -torch.log_softmax(model(ids[:, :-1]), -1)[0].gather(1, ids[0, 1:, None]).sum().item()
     assert got.bytes == len(text.encode("utf-8")) and got.tokens == ids.shape[1] - 1
     assert math.isclose(got.bits_per_byte, nll / math.log(2) / got.bytes, rel_tol=1e-5)
-    windows = text_perplexity(model, tok, [text], max_length=4)  # disjoint windows: same tokens scored
+    windows = text_perplexity(model, tok, [text], max_seq_len=4)  # disjoint windows: same tokens scored
     assert windows.tokens == got.tokens
 
 

@@ -10,9 +10,18 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import pytest
 
-from mai.eval.pairwise import Judge, Judgment, bootstrap_interval, judge_pairs, parse_verdict, summarize
+from mai.eval.pairwise import (
+    VERDICT_SCHEMA,
+    Judge,
+    Judgment,
+    bootstrap_interval,
+    judge_pairs,
+    parse_verdict,
+    summarize,
+)
 
 
 @pytest.mark.parametrize(("reply", "verdict"), [
@@ -24,6 +33,8 @@ from mai.eval.pairwise import Judge, Judgment, bootstrap_interval, judge_pairs, 
     ("Tie.", "tie"),
     ("verdict: answer 1", "first"),
     ("[[1]] ... on reflection [[1]]", "first"),
+    ('{"reason": "it names the city", "verdict": "1"}', "first"),
+    ('{"reason": "", "verdict": "tie"}', "tie"),
 ])
 def test_parser_reads_verdicts(reply, verdict):
     assert parse_verdict(reply) == (verdict, "")
@@ -36,6 +47,8 @@ def test_parser_reads_verdicts(reply, verdict):
     ("[[3]]", "no verdict"),
     ("12", "no verdict"),
     ("[[", "no verdict"),
+    ('{"reason": "cut off', "no verdict"),
+    ('{"verdict": "3"}', "no verdict"),
 ])
 def test_parser_refuses_to_guess(reply, why):
     verdict, problem = parse_verdict(reply)
@@ -88,9 +101,9 @@ def judge_url():
     except MaiError as exc:
         pytest.skip(str(exc))
     # a grader reads the answers, it serves no user: the content-safety classifier is not its business
-    catalog = Catalog(models=[ModelEntry("judge", path, max_batch=8, max_len=1024,
+    catalog = Catalog(models=[ModelEntry("judge", path, max_batch=8, max_seq_len=1024,
                                          safety=SafetyConfig(classifier="off"))],
-                      api_keys=[KeyEntry("sk-judge")], limits=Limits(max_prompt_tokens=900, max_tokens=64))
+                      api_keys=[KeyEntry("sk-judge")], limits=Limits(max_prompt_tokens=900, max_tokens=128))
     yield from serve_in_thread(catalog)
 
 
@@ -101,8 +114,9 @@ BAD = ["I like turtles.", "Bananas.", "The answer is 5."]
 
 @pytest.mark.slow
 def test_real_judge_asks_both_orders_and_accounts_for_every_judgment(judge_url):
+    """SmolLM2 as the judge, its verdict constrained to JSON: every one of the six is well-formed."""
     asked = []
-    judge = Judge(f"{judge_url}/v1", "judge", "sk-judge", max_tokens=24, workers=2)
+    judge = Judge(f"{judge_url}/v1", "judge", "sk-judge", max_tokens=80, workers=2, structured=True)
     ask = judge.ask
     judge.ask = lambda messages: (asked.append(messages[-1]["content"]), ask(messages))[1]  # record, then ask
     result = judge_pairs(judge, PROMPTS, GOOD, BAD)
@@ -113,10 +127,10 @@ def test_real_judge_asks_both_orders_and_accounts_for_every_judgment(judge_url):
         firsts = {text.index(GOOD[i]) < text.index(BAD[i]) for text in shown}
         assert firsts == {True, False}  # once each answer first
     s = summarize(result, 3)
-    assert s["wins"] + s["losses"] + s["ties"] + s["malformed"] == 6
-    assert all(j.reply for j in result)  # the server answered every call
-    if s["valid"]:
-        assert s["ci_low"] <= s["win_rate"] <= s["ci_high"]
+    assert s["wins"] + s["losses"] + s["ties"] == 6 and s["malformed"] == 0, s
+    for j in result:
+        jsonschema.validate(json.loads(j.reply), VERDICT_SCHEMA)
+    assert s["ci_low"] <= s["win_rate"] <= s["ci_high"]
     json.dumps(s)  # the report is plain JSON
 
 
@@ -132,7 +146,7 @@ def test_real_judge_cut_short_gives_named_malformed_verdicts(judge_url):
 
 @pytest.mark.slow
 def test_unreachable_judge_is_counted_not_raised():
-    from tests.serve.conftest import free_port
+    from mai.serve.child import free_port
 
     judge = Judge(f"http://127.0.0.1:{free_port()}/v1", "judge", max_tokens=8, workers=1)
     judge.client = judge.client.with_options(max_retries=0, timeout=5)
@@ -141,33 +155,9 @@ def test_unreachable_judge_is_counted_not_raised():
         s["malformed_judgments"][0]["why"]
 
 
-@pytest.mark.slow
-def test_eval_judge_command_writes_report_and_every_judgment(judge_url, tmp_path, capsys):
-    import argparse
-
-    from mai.commands.judge import register
-
-    prompts, a, b = tmp_path / "p.jsonl", tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    a.write_text("".join(json.dumps({"prompt": p, "answer": x}) + "\n"
-                         for p, x in zip(PROMPTS, GOOD, strict=True)))
-    b.write_text("".join(json.dumps({"answer": x}) + "\n" for x in BAD))
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    args = parser.parse_args(["eval-judge", "--a", str(a), "--b", str(b), "--prompts", str(prompts),
-                              "--judge", f"{judge_url}/v1", "--judge-model", "judge", "--api-key", "sk-judge",
-                              "--judge-max-tokens", "24", "--out", str(tmp_path / "out")])
-    args.func(args)
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    rows = [json.loads(line) for line in (tmp_path / "out" / "judgments.jsonl").read_text().splitlines()]
-    assert report["judgments"] == len(rows) == 6 and report["judge_model"] == "judge"
-    assert {(r["prompt"], r["order"]) for r in rows} == {(p, o) for p in PROMPTS for o in (0, 1)}
-    assert "win rate of A" in capsys.readouterr().out
-
-
 def test_answers_must_match_the_prompts(tmp_path):
-    from mai.commands.judge import read_answers
     from mai.errors import MaiError
+    from mai.eval.judge_answers import read_answers
 
     f = tmp_path / "a.jsonl"
     f.write_text(json.dumps({"prompt": "other", "answer": "x"}) + "\n")

@@ -2,7 +2,6 @@
 tokenizer matches transformers' GGUF tokenizer, the model answers a chat prompt, and an exported HF
 directory loads in transformers with the same logits."""
 
-import shutil
 
 import pytest
 import torch
@@ -20,12 +19,10 @@ TEXTS = ["Hello world 12345 !!", "  leading spaces\tand\ttabs\n\nnew lines", "Ü
 
 
 @pytest.fixture(scope="module")
-def both(smollm_gguf, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("gguf")
-    shutil.copy(smollm_gguf, folder / smollm_gguf.name)
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=smollm_gguf.name,
-                                                               dtype=torch.float32).eval()
-    their_tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=smollm_gguf.name)
+def both(smollm_gguf, smollm2_hf_dir):
+    """mai's reading of the GGUF beside transformers' (saved once per session by tests/conftest.py)."""
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(smollm2_hf_dir, dtype=torch.float32).eval()
+    their_tok = transformers.AutoTokenizer.from_pretrained(smollm2_hf_dir)
     return load_model(smollm_gguf), theirs, their_tok
 
 

@@ -234,7 +234,7 @@ def test_catalog_serves_with_the_content_filter_on(finished):
                                str(run / "serve" / "catalog.yaml"), "--port", str(port), "--threads", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        from mai.recipe.teacher_server import health
+        from mai.serve.child import health
 
         deadline = time.time() + 120
         while health(f"http://127.0.0.1:{port}/v1")[0] != 200:
@@ -305,7 +305,7 @@ def test_teacher_stages_with_the_real_served_teacher(tmp_path):
     recipe["dpo"] = {"prompts": 3, "max_tokens": 16, "config": {
         "data": {"seq_len": 128}, "optim": {"lr": 1e-3, "warmup_steps": 1},
         "train": {"max_steps": 2, "batch_size": 1, "ckpt_every": 1, "eval_every": 1, **TRAIN}}}
-    recipe["eval"].update({"teacher": True, "judge": True, "judge_max_tokens": 16})
+    recipe["eval"].update({"teacher": True, "judge": True, "judge_max_tokens": 80})
     proc = mai("recipe", "run", str(write_recipe(tmp_path / "t.yaml", recipe)), timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
@@ -317,11 +317,12 @@ def test_teacher_stages_with_the_real_served_teacher(tmp_path):
     assert results["teacher"]["text"]["bits_per_byte"] < results["student"]["text"]["bits_per_byte"]
     pairwise = json.loads((run / "eval" / "manifest.json").read_text())["summary"]["pairwise"]
     assert pairwise["prompts"] == 1 and pairwise["judgments"] == 2  # both orders
+    assert pairwise["malformed"] == 0, pairwise  # the JSON-constrained verdict: even SmolLM2 gives one
     chats = json.loads((run / "eval" / "chats.json").read_text())
     assert chats[0]["teacher"] and "student" in chats[0]
     served = [line for line in proc.stdout.splitlines() if line.startswith("teacher ")]
     assert "served at http://127.0.0.1:" in served[0] and served[-1].split() == ["teacher", "stopped"]
-    from mai.recipe.teacher_server import health
+    from mai.serve.child import health
 
     url = served[0].split("served at ")[1].split()[0]
     assert health(url)[0] == 0  # nothing listens there any more

@@ -1,4 +1,3 @@
-import socket
 import threading
 import time
 from pathlib import Path
@@ -8,6 +7,7 @@ import pytest
 from mai.errors import MaiError
 from mai.interop.bundled import smollm2_gguf
 from mai.serve.catalog import KeyEntry
+from mai.serve.child import free_port
 
 
 def http_client():
@@ -38,12 +38,6 @@ def wait_until_healthy(url: str, alive=lambda: True, timeout: float = 300) -> No
 TOKEN_KEYS = [KeyEntry(f"sk-tpm-{limit}", tokens_per_minute=limit) for limit in (100, 200, 300)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def server_url():
     """A real uvicorn server on 127.0.0.1 (random port) serving SmolLM2 under two names, with keys."""
@@ -55,8 +49,9 @@ def server_url():
     from mai.serve.catalog import Catalog, Limits, ModelEntry, SafetyConfig
 
     catalog = Catalog(
-        models=[ModelEntry("smol", path, max_batch=32, max_len=512),
-                ModelEntry("smol-strict", path, max_batch=4, max_len=512, safety=SafetyConfig(prompt="low"))],
+        models=[ModelEntry("smol", path, max_batch=32, max_seq_len=512),
+                ModelEntry("smol-strict", path, max_batch=4, max_seq_len=512,
+                           safety=SafetyConfig(prompt="low"))],
         api_keys=[KeyEntry("sk-test"), KeyEntry("sk-slow", requests_per_minute=2), *TOKEN_KEYS],
         limits=Limits(max_body_bytes=64_000, max_prompt_tokens=400, max_tokens=256, body_timeout_seconds=2))
     yield from serve_in_thread(catalog)
@@ -113,7 +108,7 @@ def tiny_url(tiny_dir):
     pytest.importorskip("uvicorn")
     from mai.serve.catalog import Catalog, Limits, ModelEntry
 
-    catalog = Catalog(models=[ModelEntry(name, str(tiny_dir), max_batch=32, max_len=4096)
+    catalog = Catalog(models=[ModelEntry(name, str(tiny_dir), max_batch=32, max_seq_len=4096)
                               for name in TINY_MODELS],
                       api_keys=[KeyEntry("sk-tiny"), *TOKEN_KEYS],
                       limits=Limits(max_body_bytes=64_000, max_prompt_tokens=400, max_tokens=4000,

@@ -4,7 +4,6 @@ and the tiny model with both poolings (each input pooled as a forward pass of it
 engine generates on the same model, and tokens per minute charged for the input tokens)."""
 
 import base64
-import shutil
 
 import numpy as np
 import pytest
@@ -104,17 +103,12 @@ def test_errors_in_openais_shape(client, server_url):
 
 
 @pytest.mark.slow
-def test_agrees_with_transformers_hidden_states(client, tmp_path):
+def test_agrees_with_transformers_hidden_states(client, smollm2_hf_dir):
     """The peer: transformers reads the same GGUF; its last hidden state (after the final norm) pooled the
     same way, with its own tokenizer; its token ids, sent as ids, embed as our text does."""
     transformers = pytest.importorskip("transformers")
-    pytest.importorskip("gguf")
-    from mai.interop.bundled import smollm2_gguf
-
-    gguf = smollm2_gguf()
-    shutil.copy(gguf, tmp_path / gguf.name)
-    theirs = transformers.AutoModel.from_pretrained(tmp_path, gguf_file=gguf.name, dtype=torch.float32).eval()
-    tok = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=gguf.name)
+    theirs = transformers.AutoModel.from_pretrained(smollm2_hf_dir, dtype=torch.float32).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(smollm2_hf_dir)
     ours = vectors(client.embeddings.create(model="smol", input=TEXTS))
     ids = [tok(text, add_special_tokens=False).input_ids for text in TEXTS]
     np.testing.assert_allclose(vectors(client.embeddings.create(model="smol", input=ids)), ours, atol=1e-5)
@@ -130,8 +124,8 @@ def tiny_embed_url(tiny_dir):
     pytest.importorskip("uvicorn")
     from mai.serve.catalog import Catalog, KeyEntry, Limits, ModelEntry
 
-    catalog = Catalog(models=[ModelEntry("tiny-mean", str(tiny_dir), max_len=4096),
-                              ModelEntry("tiny-last", str(tiny_dir), max_len=4096, pooling="last")],
+    catalog = Catalog(models=[ModelEntry("tiny-mean", str(tiny_dir), max_seq_len=4096),
+                              ModelEntry("tiny-last", str(tiny_dir), max_seq_len=4096, pooling="last")],
                       api_keys=[KeyEntry("sk-emb"), KeyEntry("sk-emb-tpm", tokens_per_minute=50)],
                       limits=Limits(max_prompt_tokens=400, max_tokens=4000))
     yield from serve_in_thread(catalog)

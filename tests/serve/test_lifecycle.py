@@ -43,7 +43,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _start(tmp_path, tiny_dir, launcher: bool = False):
-    catalog = {"models": [{"name": "tiny", "path": str(tiny_dir), "max_len": 4096}],
+    catalog = {"models": [{"name": "tiny", "path": str(tiny_dir), "max_seq_len": 4096}],
                "api_keys": [{"key": "sk-proc"}],
                "limits": {"max_tokens": 4000, "drain_seconds": 1, "body_timeout_seconds": 5}}
     (tmp_path / "catalog.json").write_text(json.dumps(catalog))
@@ -182,7 +182,7 @@ def test_health_is_503_while_draining_and_new_requests_are_refused(tiny_dir):
     from mai.serve.catalog import Catalog, ModelEntry
 
     httpx = pytest.importorskip("httpx")
-    app = create_app(Catalog(models=[ModelEntry("tiny", str(tiny_dir), max_len=512)]))
+    app = create_app(Catalog(models=[ModelEntry("tiny", str(tiny_dir), max_seq_len=512)]))
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)

@@ -11,6 +11,7 @@ import threading
 import pytest
 import torch
 
+from mai.errors import MaiError
 from mai.interop import load_model
 from mai.interop.native import save_native
 from mai.serve.catalog import AdapterEntry, Catalog, Limits, ModelEntry
@@ -36,15 +37,15 @@ def lora_url(tiny_dir, tmp_path_factory):
     sft("--model", str(tiny_dir), "--data", str(chats(root)), "--lora-rank", "4", f"train.out_dir={run}",
         *ARGS, "train.max_steps=3", "optim.lr=3e-2")
     base = load_model(tiny_dir).model
-    adapters, merged = [], [ModelEntry("merged-sft", str(run / "model"), max_len=512)]
+    adapters, merged = [], [ModelEntry("merged-sft", str(run / "model"), max_seq_len=512)]
     for i, name in enumerate(("one", "two"), 1):
         path, model = make_adapter(base, root / name, i)
         save_native(model.state_dict(), model.cfg, root / f"merged-{name}", tiny_dir.parent / "tok")
         adapters.append(AdapterEntry(name, str(path)))
-        merged.append(ModelEntry(f"merged-{name}", str(root / f"merged-{name}"), max_len=512))
-    catalog = Catalog(models=[ModelEntry("base", str(tiny_dir), max_len=512,
+        merged.append(ModelEntry(f"merged-{name}", str(root / f"merged-{name}"), max_seq_len=512))
+    catalog = Catalog(models=[ModelEntry("base", str(tiny_dir), max_seq_len=512,
                                          adapters=[*adapters, AdapterEntry("sft", str(run / "adapter"))]),
-                              ModelEntry("base-alone", str(tiny_dir), max_len=512), *merged],
+                              ModelEntry("base-alone", str(tiny_dir), max_seq_len=512), *merged],
                       limits=Limits(max_tokens=256))
     yield from serve_in_thread(catalog)
 
@@ -109,11 +110,16 @@ def test_a_bad_adapter_is_a_load_error_that_names_it(tiny_dir, tmp_path):
     make_adapter(tiny_model(), tmp_path / "other", 3)  # another shape: vocabulary 64, width 64
     shape = "trained on tiny-base (vocab_size 64, d_model 64, n_layers 2); model tiny"
     for folder, why in [("missing", "not a LoRA adapter folder"), ("other", shape)]:
-        server = Server(Catalog(models=[ModelEntry("tiny", str(tiny_dir), max_len=64,
+        server = Server(Catalog(models=[ModelEntry("tiny", str(tiny_dir), max_seq_len=64,
                                                    adapters=[AdapterEntry("bad", str(tmp_path / folder))])]))
         server.load()
         assert server.load_error.startswith("adapter bad") and why in server.load_error
         server.shutdown()
+
+
+def test_compile_with_adapters_is_a_catalog_error():
+    with pytest.raises(MaiError, match="model m: compiled decoding does not apply LoRA adapters"):
+        Catalog(models=[ModelEntry("m", "x", compile=True, adapters=[AdapterEntry("a", "y")])])
 
 
 def test_lora_modules_flag_needs_name_equals_path(tiny_dir):

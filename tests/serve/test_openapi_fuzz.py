@@ -26,7 +26,7 @@ def fuzz_url(tiny_dir):
     pytest.importorskip("uvicorn")
     from mai.serve.catalog import Catalog, KeyEntry, Limits, ModelEntry
 
-    catalog = Catalog([ModelEntry("tiny", str(tiny_dir), max_batch=16, max_len=512)],
+    catalog = Catalog([ModelEntry("tiny", str(tiny_dir), max_batch=16, max_seq_len=512)],
                       api_keys=[KeyEntry("sk-fuzz")],
                       limits=Limits(max_body_bytes=64_000, max_prompt_tokens=256, max_tokens=4,
                                     body_timeout_seconds=5))

@@ -185,7 +185,7 @@ def test_max_tokens_default_is_capped_by_the_server_limit_and_the_context():
     """OpenAI's default (16 for completions, up to the context for chat), capped by the server's limit
     and the room left: a server limit of 8 no longer turns a completion without max_tokens into a 400."""
     small = Limits(max_tokens=8)
-    ctx = ModelContext(prompt_tokens=10, max_len=100, vocab_size=300)
+    ctx = ModelContext(prompt_tokens=10, max_seq_len=100, vocab_size=300)
     completion = CompletionRequest(model="m", prompt="x")
     assert completion.to_sampling_params(small, ctx).max_tokens == 8
     assert completion.to_sampling_params(Limits(), ctx).max_tokens == 16

@@ -136,7 +136,7 @@ def test_server_asks_a_served_judge_and_fails_closed_when_a_remote_one_is_down()
         path = str(smollm2_gguf())
     except MaiError as exc:
         pytest.skip(str(exc))
-    entry = ModelEntry("smol", path, max_len=1024, safety=SafetyConfig(judge_model="smol"))
+    entry = ModelEntry("smol", path, max_seq_len=1024, safety=SafetyConfig(judge_model="smol"))
     server = Server(Catalog([entry]))
     server.load()
     try:
@@ -166,7 +166,7 @@ def test_a_completion_only_the_judge_flags_ends_alike_streamed_or_not(tiny_dir):
 
     srv, url = _judge_server([])
     safety = SafetyConfig(judge_model=f"{url}#flag-answers", classifier="off")
-    served = serve_in_thread(Catalog([ModelEntry("tiny", str(tiny_dir), max_len=1024, safety=safety)]))
+    served = serve_in_thread(Catalog([ModelEntry("tiny", str(tiny_dir), max_seq_len=1024, safety=safety)]))
     base = next(served)
     try:
         httpx = http_client()

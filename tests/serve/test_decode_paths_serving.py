@@ -1,5 +1,6 @@
-"""Speculative decoding per catalog model: prompt lookup and a draft model from the catalog give the greedy
-answers of plain decoding over HTTP, and /metrics reports drafted and accepted tokens."""
+"""Decode paths per catalog model: prompt lookup, a draft model from the catalog and compiled decoding give
+the greedy answers of plain decoding over HTTP; /metrics reports drafted and accepted tokens and compiled
+steps."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ def spec_url(tiny_dir):
     pytest.importorskip("uvicorn")
     from mai.serve.catalog import Catalog, Limits, ModelEntry, SpeculativeConfig
 
-    catalog = Catalog(models=[ModelEntry("plain", str(tiny_dir), max_len=4096),
-                              ModelEntry("lookup", str(tiny_dir), max_len=4096,
+    catalog = Catalog(models=[ModelEntry("plain", str(tiny_dir), max_seq_len=4096),
+                              ModelEntry("lookup", str(tiny_dir), max_seq_len=4096,
                                          speculative=SpeculativeConfig("ngram", tokens=3)),
-                              ModelEntry("drafted", str(tiny_dir), max_len=4096,
-                                         speculative=SpeculativeConfig("draft", "plain", tokens=2))],
+                              ModelEntry("drafted", str(tiny_dir), max_seq_len=4096,
+                                         speculative=SpeculativeConfig("draft", "plain", tokens=2)),
+                              ModelEntry("compiled", str(tiny_dir), max_seq_len=4096, compile=True)],
                       limits=Limits(max_prompt_tokens=400, max_tokens=4000))
     yield from serve_in_thread(catalog)
 
@@ -31,7 +33,7 @@ def _counter(metrics: str, name: str, model: str) -> float:
     return float(m.group(1))
 
 
-def test_speculative_models_answer_as_plain_decoding(spec_url):
+def test_speculative_and_compiled_models_answer_as_plain_decoding(spec_url):
     httpx = http_client()
     prompts = ["The quick brown fox", "A server answers every request", "Hello world! 0123"]
 
@@ -44,7 +46,10 @@ def test_speculative_models_answer_as_plain_decoding(spec_url):
     for prompt in prompts:
         plain = answer("plain", prompt)
         assert answer("lookup", prompt) == plain and answer("drafted", prompt) == plain
+        assert answer("compiled", prompt) == plain
     metrics = httpx.get(f"{spec_url}/metrics").text
+    assert _counter(metrics, "mai_compiled_decode_steps", "compiled") > 0
+    assert _counter(metrics, "mai_compiled_decode_steps", "plain") == 0
     for model in ("lookup", "drafted"):
         drafted = _counter(metrics, "mai_spec_decode_num_draft_tokens", model)
         accepted = _counter(metrics, "mai_spec_decode_num_accepted_tokens", model)
