@@ -43,6 +43,8 @@ def cmd_sft(args: argparse.Namespace) -> None:
     print(f"steps         {result.steps}, train loss {result.final_loss:.4f}, "
           f"validation loss {result.val_loss:.4f}")
     print(f"model         {result.out_dir / 'model'} (config: {result.out_dir / 'config.yaml'})")
+    if (result.out_dir / "adapter").is_dir():
+        print(f"adapter       {result.out_dir / 'adapter'} (un-merged, for a catalog's adapters)")
 
 
 def cmd_dpo(args: argparse.Namespace) -> None:

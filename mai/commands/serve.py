@@ -11,13 +11,18 @@ from mai.errors import MaiError
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from mai.serve.catalog import Catalog, KeyEntry, ModelEntry, load_catalog
+    from mai.serve.catalog import AdapterEntry, Catalog, KeyEntry, ModelEntry, load_catalog
 
+    if args.catalog and args.lora_modules:
+        raise MaiError("--lora-modules goes with --model; a catalog lists a model's adapters under it")
     if args.catalog:
         catalog = load_catalog(args.catalog)
     elif args.model:
+        if any("=" not in spec for spec in args.lora_modules):
+            raise MaiError("--lora-modules takes NAME=PATH (an adapter folder, e.g. RUN/adapter of mai sft)")
+        adapters = [AdapterEntry(*spec.split("=", 1)) for spec in args.lora_modules]
         catalog = Catalog([ModelEntry(name=args.name, path=args.model, max_seq_len=args.max_seq_len,
-                                      quant=args.quant, precision=args.precision)])
+                                      quant=args.quant, precision=args.precision, adapters=adapters)])
     else:
         raise MaiError("give --catalog FILE or --model PATH (e.g. --model bundled:smollm2)")
     if args.api_key:
@@ -47,6 +52,8 @@ def register(sub) -> None:
     srv.add_argument("--max-seq-len", type=int, default=2048, help="context length served (with --model)")
     srv.add_argument("--quant", default="none", choices=["none", "int8", "gguf"],
                      help="int8 weights, or a .gguf file's own Q4_0/Q4_1/Q8_0 blocks (with --model)")
+    srv.add_argument("--lora-modules", nargs="+", action="extend", default=[], metavar="NAME=PATH",
+                     help="LoRA adapters served over --model under their own names (vLLM's flag)")
     add_precision_flag(srv)
     srv.add_argument("--api-key", help="require this Bearer key (adds to the catalog's keys)")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")

@@ -6,10 +6,12 @@ block table. This module only counts: it never touches a tensor.
 
 Automatic prefix caching (the vLLM V1 rule): a block whose 16 tokens are all computed gets a hash of
 (its parent block's hash, its tokens), so equal hashes mean equal keys and values — the whole prefix up to
-and including the block is the same. A new request looks its full prompt blocks up and shares the ones
-found, copy-free, by taking a reference. A block whose last reference goes keeps its contents and its
-hash in an LRU list; it is handed out again only when no never-used block is left, oldest first, and
-until then a later request with the same prefix picks it up.
+and including the block is the same. The first block's parent is the request's salt: its LoRA adapter's,
+whose keys and values differ from the base's for the same tokens (empty for the base model). A new
+request looks its full prompt blocks up and shares the ones found, copy-free, by taking a reference. A
+block whose last reference goes keeps its contents and its hash in an LRU list; it is handed out again
+only when no never-used block is left, oldest first, and until then a later request with the same prefix
+picks it up.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ def block_hash(parent: bytes, tokens: Sequence[int]) -> bytes:
     return hashlib.sha256(parent + array("q", tokens).tobytes()).digest()
 
 
-def prefix_hashes(tokens: Sequence[int], n_blocks: int, block_size: int = BLOCK_SIZE) -> list[bytes]:
-    """Hashes of the first ``n_blocks`` full blocks of ``tokens``, each chained to the one before."""
+def prefix_hashes(tokens: Sequence[int], n_blocks: int, block_size: int = BLOCK_SIZE,
+                  salt: bytes = b"") -> list[bytes]:
+    """Hashes of the first ``n_blocks`` full blocks of ``tokens``, each chained to the one before (the
+    first to ``salt``)."""
     out: list[bytes] = []
-    parent = b""
+    parent = salt
     for i in range(n_blocks):
         parent = block_hash(parent, tokens[i * block_size : (i + 1) * block_size])
         out.append(parent)

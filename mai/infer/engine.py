@@ -11,7 +11,10 @@ them and prefills only the rest. Each step (:mod:`mai.infer.scheduler`) carries 
 decoding request plus prefill chunks under a token budget, so a long prompt never stalls the streams
 beside it; when blocks run out the newest request is preempted and later recomputed, never dropped.
 Each request keeps its own sampling parameters, seeded generator, stop tokens and stop strings. Results
-arrive through a per-request callback (called on the engine thread) as :class:`Event`s.
+arrive through a per-request callback (called on the engine thread) as :class:`Event`s. A request may
+name one of the engine's LoRA adapters (:mod:`mai.infer.lora_serving`): requests of different adapters
+and of the base share a step, each token through its own adapter, and an adapter's prompt blocks are
+cached apart from the base's (its id salts the block hashes).
 
 Faults stay as small as they can be: an exception while computing one request's token (penalties,
 constraint, sampling, stop strings, detokenising) ends that request alone with ``finish_reason="error"``;
@@ -35,6 +38,7 @@ import torch
 from mai.errors import MaiError
 from mai.infer.blocks import BLOCK_SIZE, BlockManager
 from mai.infer.constraint import Constraint, ConstraintFactory, json_mode_factory
+from mai.infer.lora_serving import AdapterBank
 from mai.infer.runner import ModelRunner, StepBatch
 from mai.infer.sampling import SamplingParams, apply_penalties, sample_row
 from mai.infer.scheduler import Scheduler, SeqState
@@ -88,6 +92,7 @@ class EngineStats:
     draft_tokens: int  # speculative tokens proposed
     accepted_tokens: int  # of those, accepted by the target model
     compiled_steps: int  # steps run as compiled graphs (a catalog model with compile: true)
+    mixed_adapter_steps: int  # steps whose tokens went through more than one LoRA adapter (or none and one)
 
 
 @dataclass(eq=False)
@@ -96,6 +101,7 @@ class Request:
     params: SamplingParams
     on_event: Callable[[Request, Event], None] | None = None
     id: int = 0
+    adapter: int = 0  # the engine's LoRA adapter id, 0 = the base model
     # filled in by the engine
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
@@ -115,7 +121,8 @@ class _Running:
 
     def __init__(self, req: Request):
         self.req = req
-        self.seq = SeqState(list(req.prompt_ids), self)
+        self.seq = SeqState(list(req.prompt_ids), self, salt=f"lora:{req.adapter}".encode() if req.adapter
+                            else b"")
         self.started = False
         self.gen: torch.Generator
         self.stream: TextStream
@@ -144,20 +151,26 @@ class Engine:
     executes steps (eager by default, or :class:`mai.infer.compiled_decode.CompiledDecoder`);
     ``recompute`` drops every key and value after each step — the slow reference the cached path must
     match (``Generation(use_cache=False)``); ``speculative`` drafts up to ``num_speculative_tokens``
-    tokens per decoding request and step (:mod:`mai.infer.speculative`)."""
+    tokens per decoding request and step (:mod:`mai.infer.speculative`; with adapters, the target's
+    verification runs each draft through its request's adapter); ``adapters`` are the LoRA adapters
+    requests may name (:meth:`submit`), applied by the eager runner (a ``runner`` of its own must have been
+    made with the same bank: compiled decoding does not apply adapters)."""
 
     def __init__(self, model: Transformer, decode: Callable[[list[int]], str], stop_ids: Sequence[int] = (),
                  max_batch: int = 32, max_seq_len: int | None = None, token_texts: list[str] | None = None,
                  constraints: ConstraintFactory | None = None, max_num_batched_tokens: int | None = None,
                  kv_blocks: int | None = None, prefix_caching: bool = True, runner: ModelRunner | None = None,
                  recompute: bool = False, speculative: Proposer | None = None,
-                 num_speculative_tokens: int = 4):
+                 num_speculative_tokens: int = 4, adapters: AdapterBank | None = None):
         self.model, self.decode, self.stop_ids = model, decode, set(stop_ids)
         self.max_batch = max_batch
         self.max_seq_len = min(max_seq_len or model.cfg.max_seq_len, model.cfg.max_seq_len)
         self.token_texts = token_texts  # text of every token id: needed for logprobs (and JSON mode)
         self.constraints = constraints or json_mode_factory(token_texts)  # request → its output constraint
-        self.runner = runner or ModelRunner(model)
+        self.runner = runner or ModelRunner(model, adapters)
+        if adapters is not None and self.runner.adapters is not adapters:
+            raise MaiError(f"LoRA adapters ({', '.join(adapters.names)}) need the eager model runner made "
+                           "with them; compiled decoding and other runners do not apply adapters")
         self.recompute = recompute
         self.speculative, self.num_speculative_tokens = speculative, num_speculative_tokens
         budget = max_num_batched_tokens or max(DEFAULT_BATCHED_TOKENS, max_batch)
@@ -183,10 +196,15 @@ class Engine:
         self.computed_tokens = 0  # tokens whose keys/values were computed (prefix-cache hits are not)
         self.preemptions = 0  # requests sent back to the queue for want of blocks
         self.draft_tokens = self.accepted_tokens = 0  # speculative decoding's proposals and acceptances
+        self.mixed_adapter_steps = 0  # steps that served more than one adapter (the base counts as one)
 
     # --- the public API (thread-safe) ------------------------------------------------------------
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams,
-               on_event: Callable[[Request, Event], None] | None = None) -> Request:
+               on_event: Callable[[Request, Event], None] | None = None, adapter: int = 0) -> Request:
+        """Queue a request; ``adapter`` is the id of one of the engine's LoRA adapters (0: the base)."""
+        served = len(self.runner.adapters or ())
+        if not 0 <= adapter <= served:
+            raise MaiError(f"LoRA adapter {adapter} is not one of this engine's {served} adapters")
         if not prompt_ids:
             raise MaiError("the prompt is empty")
         if len(prompt_ids) >= self.max_seq_len:
@@ -195,7 +213,7 @@ class Engine:
         vocab = self.model.cfg.vocab_size
         if not all(0 <= t < vocab for t in prompt_ids):
             raise MaiError(f"the prompt has token ids outside this model's vocabulary (0..{vocab - 1})")
-        req = Request(list(prompt_ids), params, on_event, next(self._ids))
+        req = Request(list(prompt_ids), params, on_event, next(self._ids), adapter)
         with self.lock:
             if self._closed or self._stop:
                 raise EngineStopped("the engine has stopped")
@@ -237,7 +255,7 @@ class Engine:
         b = self.blocks
         return EngineStats(b.num_blocks - 1, b.num_free, len(b.by_hash), b.queried_tokens, b.hit_tokens,
                            self.preemptions, self.draft_tokens, self.accepted_tokens,
-                           self.runner.compiled_steps)
+                           self.runner.compiled_steps, self.mixed_adapter_steps)
 
     def generate(self, prompt_ids: Sequence[int], params: SamplingParams) -> Request:
         """Run one request to the end on the calling thread (or wait for the background thread)."""
@@ -341,6 +359,7 @@ class Engine:
             return
         self.error = None
         self.steps += 1
+        self.mixed_adapter_steps += len({seq.owner.req.adapter for seq, _ in chunks}) > 1
         at = 0
         for seq, n in chunks:
             self.computed_tokens += n
@@ -426,6 +445,7 @@ class Engine:
         for seq, n in chunks:
             start = seq.computed
             batch.tokens += seq.tokens[start : start + n] + seq.drafts
+            batch.adapters += [seq.owner.req.adapter] * (len(batch.tokens) - len(batch.adapters))
             batch.positions += range(start, start + n)
             if n == 1:
                 batch.rows.append((seq.blocks, start + 1))

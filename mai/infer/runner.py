@@ -2,7 +2,8 @@
 
 The engine describes a step as a :class:`StepBatch` (which tokens, at which positions, in which blocks);
 the runner lays it out for the paged cache, runs the model's blocks over all tokens at once and the
-output head only on the positions whose next token is sampled. :class:`ModelRunner` is plain eager
+output head only on the positions whose next token is sampled, with each token's LoRA adapter where the
+runner serves an :class:`~mai.infer.lora_serving.AdapterBank`. :class:`ModelRunner` is plain eager
 PyTorch; :class:`mai.infer.compiled_decode.CompiledDecoder` runs decode-only steps as compiled graphs and
 everything else through this one.
 """
@@ -10,11 +11,13 @@ everything else through this one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import torch
 
 from mai.infer.kv_cache import PagedKVCache, layout
+from mai.infer.lora_serving import AdapterBank
 from mai.model.transformer import Transformer
 
 
@@ -27,13 +30,14 @@ class StepBatch:
     rows: list[tuple[Sequence[int], int]]  # (block table, context length with the fed token)
     chunks: list[tuple[Sequence[int], int, int]]  # (block table, past tokens, new tokens)
     logits_at: list[int]  # indices into ``tokens`` whose next-token logits are wanted
+    adapters: list[int] = field(default_factory=list)  # each token's LoRA adapter id (0: none); [] = none
 
 
 class ModelRunner:
-    """Eager execution of a step."""
+    """Eager execution of a step (with ``adapters``: each token through its own LoRA adapter)."""
 
-    def __init__(self, model: Transformer):
-        self.model = model
+    def __init__(self, model: Transformer, adapters: AdapterBank | None = None):
+        self.model, self.adapters = model, adapters
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.compiled_steps = 0  # steps run as a compiled graph (CompiledDecoder counts them)
@@ -47,4 +51,6 @@ class ModelRunner:
         tokens = torch.tensor([batch.tokens], device=self.device)
         positions = torch.tensor([batch.positions], device=self.device)
         wanted = torch.tensor(batch.logits_at, dtype=torch.long, device=self.device)
-        return self.model(tokens, cache, positions=positions, logits_at=wanted)[0].float()
+        with (self.adapters.step(batch.adapters, self.device) if self.adapters and any(batch.adapters)
+              else nullcontext()):
+            return self.model(tokens, cache, positions=positions, logits_at=wanted)[0].float()

@@ -30,6 +30,7 @@ class SeqState:
     hashes: list[bytes] = field(default_factory=list)  # of the full blocks registered in the cache
     computed: int = 0  # tokens whose keys/values are in ``blocks``
     drafts: list[int] = field(default_factory=list)  # speculative tokens to verify after ``tokens``
+    salt: bytes = b""  # parent of the first block's hash: what besides the tokens makes its keys/values
 
     @property
     def remaining(self) -> int:
@@ -95,7 +96,7 @@ class Scheduler:
             return
         size = self.blocks.block_size
         for b in range(len(seq.hashes), seq.computed // size):
-            h = block_hash(seq.hashes[-1] if seq.hashes else b"", seq.tokens[b * size : (b + 1) * size])
+            h = block_hash(seq.hashes[-1] if seq.hashes else seq.salt, seq.tokens[b * size : (b + 1) * size])
             self.blocks.register(seq.blocks[b], h)
             seq.hashes.append(h)
 
@@ -118,7 +119,7 @@ class Scheduler:
         """Take the cached blocks of the prompt's longest cached prefix (one token is always left to
         compute: its logits are what the step needs)."""
         size = self.blocks.block_size
-        hashes = prefix_hashes(seq.tokens, (len(seq.tokens) - 1) // size, size)
+        hashes = prefix_hashes(seq.tokens, (len(seq.tokens) - 1) // size, size, seq.salt)
         seq.blocks = self.blocks.share_prefix(hashes)
         seq.hashes = hashes[: len(seq.blocks)]
         seq.computed = len(seq.blocks) * size

@@ -6,7 +6,6 @@ serving load it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from mai.config import from_dict
 from mai.errors import MaiError
+from mai.fileio import atomic_dir
 from mai.model.config import ModelConfig
 from mai.model.transformer import Transformer
 
@@ -39,23 +39,13 @@ def stage_model_dir(out: Path, cfg: ModelConfig, tokenizer_dir: Path | None,
     the tokenizer's files) staged in ``OUT.partial`` and renamed into place when complete, so a reader
     never sees half a model and an old one is replaced whole."""
     out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write_weights(tmp / "model.safetensors")
-    (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(cfg)}, indent=2))
-    if tokenizer_dir is not None:
-        for f in Path(tokenizer_dir).iterdir():
-            if f.is_file():
-                shutil.copy2(f, tmp / f.name)
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        write_weights(tmp / "model.safetensors")
+        (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **asdict(cfg)}, indent=2))
+        if tokenizer_dir is not None:
+            for f in Path(tokenizer_dir).iterdir():
+                if f.is_file():
+                    shutil.copy2(f, tmp / f.name)
     return out
 
 

@@ -4,7 +4,9 @@
 mask per split, the tokenizer beside them); ``RowSampler`` serves the rows in a seeded order per epoch and
 records its position in every checkpoint, so a killed run resumes exactly. Targets outside the assistant
 mask are -100 and carry no loss (:func:`mai.train.trainer.lm_loss`). With ``lora_rank`` the base weights
-stay frozen and only LoRA adapters train; they are merged into the exported model.
+stay frozen and only LoRA adapters train; they are merged into the exported model ``RUN/model`` and also
+kept apart in ``RUN/adapter`` (:func:`mai.post.lora.save_adapter`), which `mai serve` can serve per request
+over the base.
 """
 
 from __future__ import annotations
@@ -110,7 +112,10 @@ class RowSampler:
         self.draws = int(state["draws"])
 
 
-def sft_source(data_dir: str | Path, batch_size: int, lora_rank: int = 0) -> BatchSource:
+def sft_source(data_dir: str | Path, batch_size: int, lora_rank: int = 0, adapter_dir: Path | None = None,
+               base: str = "") -> BatchSource:
+    """The SFT rows of ``data_dir``; with ``lora_rank``, LoRA adapters that are saved to ``adapter_dir``
+    (trained on ``base``) and then merged before the export."""
     data = Path(data_dir)
     arrays = {f"{s}_{k}": np.load(data / f"{s}_{k}.npy")
               for s in ("train", "val") for k in ("tokens", "mask")}
@@ -118,12 +123,15 @@ def sft_source(data_dir: str | Path, batch_size: int, lora_rank: int = 0) -> Bat
            for i in range(0, len(arrays["val_tokens"]), batch_size)]
     adapt = finalize = None
     if lora_rank:
-        from mai.post.lora import add_lora, merge_lora
+        from mai.post.lora import add_lora, merge_lora, save_adapter
 
         def adapt(model: torch.nn.Module) -> None:
             add_lora(model, lora_rank)
 
-        finalize = merge_lora
+        def finalize(model: torch.nn.Module) -> None:
+            if adapter_dir is not None:
+                save_adapter(model, adapter_dir, base)
+            merge_lora(model)
     tokens, mask = arrays["train_tokens"], arrays["train_mask"]
 
     def sampler(seed: int, rank: int, world: int, batch: int) -> RowSampler:
@@ -154,7 +162,9 @@ def run_sft(cfg: RunConfig, data_files: list[str], lora_rank: int = 0, packing: 
     items += [encode_conversation(tok, m, where) for d in synth_dirs for m, where in synth_conversations(d)]
     data_dir = Path(cfg.train.out_dir) / "data"
     meta = prepare_sft(items, tok, data_dir, cfg.data.seq_len, packing=packing)
-    return train(cfg, sft_source(data_dir, cfg.train.batch_size, lora_rank)), meta
+    source = sft_source(data_dir, cfg.train.batch_size, lora_rank, Path(cfg.train.out_dir) / "adapter",
+                        cfg.train.init_from)
+    return train(cfg, source), meta
 
 
 def run_sft_config(cfg: SFTRunConfig) -> tuple[TrainResult, dict[str, Any]]:

@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 import uuid
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from mai.errors import MaiError
 from mai.infer.compiled_decode import CompiledDecoder
 from mai.infer.engine import Engine, token_texts
 from mai.infer.grammar import GrammarConstraints
+from mai.infer.lora_serving import AdapterBank
 from mai.infer.speculative import make_proposer
 from mai.precision import SERVE_ROWS
 from mai.serve import errors
@@ -67,10 +68,20 @@ log = logging.getLogger("mai.serve")
 
 @dataclass
 class Served:
+    """A name clients send as `model`: a catalog entry's base, or one of its LoRA adapters (``adapter``
+    its id in the base engine's bank, ``parent`` the base's name)."""
+
     entry: ModelEntry
     engine: Engine
     tokenizer: MaiTokenizer
     created: int
+    adapter: int = 0
+    parent: str | None = None
+
+    def adapter_applied(self) -> AbstractContextManager[None]:
+        """Forward passes on the calling thread go through this name's adapter (none for a base)."""
+        bank = self.engine.runner.adapters
+        return bank.step(self.adapter) if bank is not None else nullcontext()
 
 
 class Server:
@@ -102,15 +113,23 @@ class Server:
                 loaded = models[entry.name]
                 tok = loaded.tokenizer
                 spec = entry.speculative
+                bank = None
+                if entry.adapters:
+                    bank = AdapterBank(loaded.model)
+                    for adapter in entry.adapters:
+                        bank.add(adapter.name, adapter.path, f"model {entry.name} ({entry.path})")
                 engine = Engine(loaded.model, tok.decode, tok.stop_ids, max_batch=entry.max_batch,
                                 token_texts=token_texts(tok.decode, loaded.cfg.vocab_size),
                                 constraints=GrammarConstraints.for_tokenizer(tok, loaded.cfg.vocab_size),
                                 speculative=make_proposer(spec.method, models[spec.draft_model].model
                                                           if spec.draft_model else None),
-                                num_speculative_tokens=spec.tokens,
+                                num_speculative_tokens=spec.tokens, adapters=bank,
                                 runner=CompiledDecoder(loaded.model) if entry.compile else None)
                 engine.start()
-                self.models[entry.name] = Served(entry, engine, tok, int(time.time()))
+                created = int(time.time())
+                self.models[entry.name] = Served(entry, engine, tok, created)
+                for adapter_id, adapter in enumerate(entry.adapters, 1):
+                    self.models[adapter.name] = Served(entry, engine, tok, created, adapter_id, entry.name)
                 self.metrics.watch(entry.name, lambda e=engine: e.n_running, lambda e=engine: e.n_waiting)
                 self.metrics.watch_engine(entry.name, engine.stats)
             for entry in self.catalog.models:
@@ -259,7 +278,7 @@ def _generation_docs(model: type) -> dict[int | str, dict[str, Any]]:
 def _served_limits(schemas: dict[str, Any], catalog: Catalog) -> None:
     """This server's own bounds in the request schemas: the served model names (as examples) and the
     max_tokens limit, so that a client (or a fuzzer) reading the document can send what is served."""
-    names = [m.name for m in catalog.models]
+    names = [n for m in catalog.models for n in m.served_names()]
     for name in ("ChatRequest", "CompletionRequest", "EmbeddingRequest"):
         props = schemas.get(name, {}).get("properties", {})
         if "model" in props:
@@ -340,6 +359,7 @@ def create_app(catalog: Catalog, load_in_background: bool = True) -> FastAPI:
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [
             {"id": name, "object": "model", "created": s.created, "owned_by": "mai",
+             "root": s.entry.adapters[s.adapter - 1].path if s.adapter else s.entry.path, "parent": s.parent,
              "max_model_len": s.engine.max_seq_len} for name, s in server.models.items()]}
 
     @app.post("/v1/moderations", response_model=None,

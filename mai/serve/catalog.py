@@ -10,6 +10,9 @@ on requests. A YAML or JSON file::
                                    # Q4_0/Q4_1/Q8_0 blocks (default none: float weights)
         compile: true              # optional: decode steps as compiled graphs (default false: eager)
         pooling: mean              # /v1/embeddings: mean of the tokens' final states, or last (token)
+        adapters:                  # LoRA adapters (RUN/adapter of `mai sft --lora-rank R`) served over
+          - name: smollm2-pirate   # this one base without merging, each under its own model name; a
+            path: runs/pirate/adapter   # request's `model` picks one; they share batches with the base
         safety: {prompt: medium, completion: medium}   # block at this severity and above (or "off")
                                    # judge_model: a served name or http://host:port/v1#model (optional)
     api_keys:                      # none: the API is open (fine on 127.0.0.1)
@@ -19,6 +22,10 @@ on requests. A YAML or JSON file::
         safety: {prompt: low}      # a key may be stricter (or laxer) than the model
     limits: {max_body_bytes: 1048576, max_prompt_tokens: 4096, max_tokens: 2048, max_waiting: 256,
              body_timeout_seconds: 30, drain_seconds: 30}
+
+An adapter is listed in /v1/models with ``parent`` = its base's name and shares that entry's engine,
+settings, safety and speculative decoding; one whose folder is missing, was trained on another base, or
+whose shapes do not fit is a load error that names it (/health says why).
 """
 
 from __future__ import annotations
@@ -56,6 +63,14 @@ class SpeculativeConfig:
 
 
 @dataclass
+class AdapterEntry:
+    """A LoRA adapter folder (mai.post.lora) served over its model entry's base under ``name``."""
+
+    name: str
+    path: str
+
+
+@dataclass
 class ModelEntry:
     name: str
     path: str
@@ -71,6 +86,11 @@ class ModelEntry:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     pooling: Literal["mean", "last"] = "mean"  # how /v1/embeddings pools the final hidden states
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    adapters: list[AdapterEntry] = field(default_factory=list)  # mai.infer.lora_serving
+
+    def served_names(self) -> list[str]:
+        """The `model` names this entry answers to: its own, then its adapters'."""
+        return [self.name, *(a.name for a in self.adapters)]
 
 
 @dataclass
@@ -103,8 +123,9 @@ class Catalog:
         if self.limits.body_timeout_seconds <= 0 or self.limits.drain_seconds < 0:
             raise MaiError("limits.body_timeout_seconds must be > 0 and limits.drain_seconds ≥ 0")
         names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise MaiError(f"the catalog names a model twice: {names}")
+        served = [n for m in self.models for n in m.served_names()]
+        if len(set(served)) != len(served):
+            raise MaiError(f"the catalog names a model or adapter twice: {served}")
         for m in self.models:
             if m.quant not in QUANT_MODES:
                 raise MaiError(f"model {m.name}: quant '{m.quant}' is not one of {', '.join(QUANT_MODES)}")
@@ -114,6 +135,9 @@ class Catalog:
                                f"catalog ({', '.join(n for n in names if n != m.name) or 'there is none'})")
             if spec.tokens < 1:
                 raise MaiError(f"model {m.name}: speculative.tokens must be at least 1, got {spec.tokens}")
+            if m.compile and m.adapters:
+                raise MaiError(f"model {m.name}: compiled decoding does not apply LoRA adapters; serve its "
+                               "adapters with compile: false")
             for level in (m.safety.prompt, m.safety.completion):
                 if level not in ("low", "medium", "high", "off"):
                     raise MaiError(f"model {m.name}: safety level '{level}' is not low, medium, high or off")

@@ -15,8 +15,9 @@ bounds the activation memory whatever the request.
 
 The forward passes run on one worker thread of their own, not on the event loop and not in the engine's
 step loop. No lock around the model is needed: a forward pass without a KV cache only reads the model
-(weights, rotary tables; int8 and oneDNN layers keep no state), and the engine's own state (its cache,
-its rows) is not touched, so both threads may run the model at once. The single worker serialises
+(weights, rotary tables; int8 and oneDNN layers keep no state; the LoRA adapter in use is per thread),
+and the engine's own state (its cache, its rows) is not touched, so both threads may run the model at
+once. An adapter's name embeds through that adapter. The single worker serialises
 embedding requests among themselves, so concurrent requests queue instead of multiplying the memory
 and CPU threads in use; beyond ``limits.max_waiting`` queued requests the answer is 503.
 
@@ -178,6 +179,12 @@ def embed(model: Transformer, inputs: list[list[int]], pooling: str, dimensions:
     return F.normalize(pooled(model, inputs, pooling)[:, : dimensions or model.cfg.d_model], dim=-1)
 
 
+def _embed_served(served: Served, inputs: list[list[int]], dimensions: int | None) -> torch.Tensor:
+    """:func:`embed` with the served name's model, pooling and LoRA adapter."""
+    with served.adapter_applied():
+        return embed(served.engine.model, inputs, served.entry.pooling, dimensions)
+
+
 def encoded(vector: torch.Tensor, encoding_format: str) -> list[float] | str:
     if encoding_format == "base64":  # what OpenAI's client decodes: float32, little-endian
         return base64.b64encode(vector.numpy().astype("<f4").tobytes()).decode("ascii")
@@ -211,7 +218,7 @@ class Embedder:
         self.queued += 1
         try:
             vectors = await asyncio.get_running_loop().run_in_executor(
-                self.worker, embed, model, inputs, served.entry.pooling, body.dimensions)
+                self.worker, _embed_served, served, inputs, body.dimensions)
             used = total
         except Exception as exc:
             raise ApiError(500, f"embedding failed: {type(exc).__name__}: {exc}",

@@ -43,6 +43,8 @@ class Metrics:
                                     registry=r),
             "accepted_tokens": Gauge("mai_spec_decode_num_accepted_tokens", "Speculative tokens accepted", m,
                                      registry=r),
+            "mixed_adapter_steps": Gauge("mai_lora_mixed_steps", "Engine steps that served more than one "
+                                         "LoRA adapter (the base model counts as one)", m, registry=r),
         }
 
     def watch(self, model: str, running: Callable[[], int], waiting: Callable[[], int]) -> None:

@@ -463,6 +463,8 @@ class ModelCard(_Open):
     object: Literal["model"]
     created: int
     owned_by: str
+    root: str  # the model's path, or an adapter's folder
+    parent: str | None = None  # an adapter's base model (vLLM's field)
     max_model_len: int
 
 

@@ -165,7 +165,7 @@ class Generation:
             choice = Choice(loop, ledger)
             try:
                 choice.req = self.served.engine.submit(self.prompt_ids, for_choice(self.params, i),
-                                                       choice.on_event)
+                                                       choice.on_event, self.served.adapter)
             except EngineStopped:
                 ledger.skip(n - i)
                 self.cancel_all()

@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+from mai.infer.lora_serving import AdapterBank
 from mai.interop import load_model
 from mai.post.chat_data import chitchat_conversations
 
@@ -62,6 +63,15 @@ def test_lora_trains_adapters_and_merges(tiny_dir, tmp_path):
     assert set(base) == set(tuned)  # merged: plain weights, no adapter tensors
     assert not torch.equal(base["layers.0.attention.wq.weight"], tuned["layers.0.attention.wq.weight"])
     assert torch.equal(base["tok_embeddings.weight"], tuned["tok_embeddings.weight"])  # frozen
+    # the adapter is also kept un-merged: over the base it gives the merged model's logits
+    meta = json.loads((run / "adapter" / "adapter.json").read_text())
+    assert (meta["rank"], meta["alpha"], meta["base"]["path"]) == (4, 8.0, str(tiny_dir))
+    assert meta["targets"] == ["w1", "w2", "w3", "wk", "wo", "wq", "wv"]
+    over_base = load_model(tiny_dir).model
+    bank = AdapterBank(over_base)
+    x = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.inference_mode(), bank.step(bank.add("tuned", run / "adapter")):
+        torch.testing.assert_close(over_base(x), load_model(run).model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_saved_config_repeats_the_run(tiny_dir, tmp_path):
