@@ -159,23 +159,26 @@ def test_a_crashed_run_keeps_finished_examples_and_resumes(tiny_dir, tmp_path, m
                             for a in range(5)))
     loaded = load_model(tiny_dir)
     task, settings = get_gen_task(str(path)), GenSettings(max_new_tokens=4, batch_size=2)
-    real, calls = generation.generate, []
+    real_score, scored = generation.score_examples, []
 
-    def crash_on_second_batch(engine, prompts, params):
-        calls.append(len(prompts))
-        if len(calls) == 2:
+    def crash_on_second_batch(task, examples, completions, limits):
+        scored.append(len(examples))
+        if len(scored) == 2:
             raise RuntimeError("killed mid-run")
-        return real(engine, prompts, params)
+        return real_score(task, examples, completions, limits)
 
-    monkeypatch.setattr(generation, "generate", crash_on_second_batch)
+    monkeypatch.setattr(generation, "score_examples", crash_on_second_batch)
     log = tmp_path / "out" / "sums.jsonl"
     with pytest.raises(RuntimeError, match="killed mid-run"):
         run_gen_task(loaded.model, loaded.tokenizer, task, None, settings, log, echo=lambda _: None)
-    assert len(log.read_text().splitlines()) == 1 + 2  # the header and the first batch survived
-    calls.clear()
-    monkeypatch.setattr(generation, "generate", lambda *a: calls.append(len(a[1])) or real(*a))
+    assert 0 < scored[0] < 5  # the crash came after one batch and before the end
+    assert len(log.read_text().splitlines()) == 1 + scored[0]  # the header and the first batch survived
+    monkeypatch.setattr(generation, "score_examples", real_score)
+    real_submit, submitted = generation.Engine.submit, []
+    monkeypatch.setattr(generation.Engine, "submit", lambda self, ids, params: submitted.append(ids) or
+                        real_submit(self, ids, params))
     resumed = run_gen_task(loaded.model, loaded.tokenizer, task, None, settings, log, echo=lambda _: None)
-    assert calls == [2, 1] and resumed["n"] == 5  # only the 3 missing examples were generated
+    assert len(submitted) == 5 - scored[0] and resumed["n"] == 5  # only the missing examples were generated
     fresh = run_gen_task(loaded.model, loaded.tokenizer, task, None, settings, tmp_path / "fresh.jsonl",
                          echo=lambda _: None)
     assert {k: v for k, v in resumed.items() if k != "seconds"} == {k: v for k, v in fresh.items()
