@@ -6,9 +6,12 @@ is encoded without special tokens and cut from the left to leave room for the an
 as one user message in the tokenizer's chat template (lm-eval's ``--apply_chat_template``, few-shot
 examples inside that one message). Code tasks run their programs in :mod:`mai.eval.sandbox`.
 
-Every finished example is appended to a JSON-lines log (``<out>/samples/<model>/<task>.jsonl``, first line
-the settings) and flushed to disk before the next batch starts, so a crash loses at most the batch in
-flight, and running the same command again continues where it stopped.
+All of a task's requests are submitted at once and the engine keeps ``batch_size`` of them decoding
+(continuous batching: a finished answer's row is refilled at the next step, and the few-shot prefix that
+every prompt shares is computed once, through the engine's prefix cache). Finished examples are scored
+and appended to a JSON-lines log (``<out>/samples/<model>/<task>.jsonl``, first line the settings),
+flushed to disk a batch at a time, so a crash loses at most the answers in flight and one batch, and
+running the same command again continues where it stopped.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -109,10 +112,28 @@ def run_requests(engine: Engine, prompts: list[list[int]], params: list[Sampling
     requests = [engine.submit(p, sp) for p, sp in zip(prompts, params, strict=True)]
     while not all(r.done.is_set() for r in requests):
         engine.step()
+    _raise_failed(requests)
+    return requests
+
+
+def _raise_failed(requests: list[Request]) -> None:
     for r in requests:
         if r.finish_reason == "error":
             raise MaiError(f"generation failed: {r.error or 'the engine reported an error'}")
-    return requests
+
+
+def as_finished(engine: Engine, groups: dict[int, list[Request]], at_least: int) -> Iterator[list[int]]:
+    """Step the engine (on this thread) until every group of submitted requests is done; yield the keys
+    of finished groups, ``at_least`` at a time (the rest at the end). A request that failed is an error."""
+    pending, ready = dict(groups), []
+    while pending:
+        engine.step()
+        for key in [k for k, reqs in pending.items() if all(r.done.is_set() for r in reqs)]:
+            _raise_failed(pending.pop(key))
+            ready.append(key)
+        if len(ready) >= at_least or (ready and not pending):
+            yield ready
+            ready = []
 
 
 def score_examples(task: GenTask, examples: list[GenExample], completions: list[list[str]],
@@ -164,21 +185,18 @@ def run_gen_task(model: Transformer, tok: MaiTokenizer, task: GenTask, limit: in
     todo = [i for i in range(len(examples)) if i not in log.done]
     if len(todo) < len(examples):
         echo(f"{task.name}: {len(examples) - len(todo)} examples already in {log_path}, continuing")
-    step = max(1, settings.batch_size // settings.samples)
-    for chunk in (todo[k:k + step] for k in range(0, len(todo), step)):
-        chosen = [examples[i] for i in chunk]
-        prompts, params = [], []
-        for i, ex in zip(chunk, chosen, strict=True):
-            budget = min(ex.max_tokens, settings.max_new_tokens or ex.max_tokens, engine.max_seq_len - 1)
-            ids = prompt_ids(tok, ex, settings.chat, engine.max_seq_len - budget)
-            for s in range(settings.samples):
-                prompts.append(ids)
-                params.append(SamplingParams(max_tokens=budget, temperature=settings.temperature,
-                                             stop=ex.stop, seed=settings.seed + 1000 * i + s))
-        texts = generate(engine, prompts, params)
-        per = [texts[k * settings.samples:(k + 1) * settings.samples] for k in range(len(chunk))]
-        scored = score_examples(task, chosen, per, limits)
-        log.add([{"index": i, "completions": c, **s} for i, c, s in zip(chunk, per, scored, strict=True)])
+    requests = {}
+    for i in todo:
+        ex = examples[i]
+        budget = min(ex.max_tokens, settings.max_new_tokens or ex.max_tokens, engine.max_seq_len - 1)
+        ids = prompt_ids(tok, ex, settings.chat, engine.max_seq_len - budget)
+        requests[i] = [engine.submit(ids, SamplingParams(max_tokens=budget, temperature=settings.temperature,
+                                                          stop=ex.stop, seed=settings.seed + 1000 * i + s))
+                       for s in range(settings.samples)]
+    for done in as_finished(engine, requests, max(1, settings.batch_size // settings.samples)):
+        per = [[r.text for r in requests.pop(i)] for i in done]
+        scored = score_examples(task, [examples[i] for i in done], per, limits)
+        log.add([{"index": i, "completions": c, **s} for i, c, s in zip(done, per, scored, strict=True)])
     records = [log.done[i] for i in range(len(examples))]
     return {"task": task.name, "n": len(records), "seconds": time.perf_counter() - start,
             **aggregate(records)}

