@@ -50,6 +50,18 @@ def _token_name(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+@functools.lru_cache(maxsize=16)
+def _chat_template(source: str) -> Any:
+    """The chat template compiled once: compiling a Jinja template costs ~8 ms, rendering a compiled one
+    tens of microseconds, and every prompt of every request, training example and rollout is rendered."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = _raise_exception
+    return env.from_string(source)
+
+
 def _raise_exception(message: str) -> None:
     raise MaiError(f"chat template: {message}")
 
@@ -121,13 +133,9 @@ class MaiTokenizer:
             raise MaiError("this tokenizer has no chat template "
                            "(add chat_template to its tokenizer_config.json)")
         from jinja2 import TemplateError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                            extensions=["jinja2.ext.loopcontrols"])
-        env.globals["raise_exception"] = _raise_exception
         try:
-            return env.from_string(self.chat_template).render(
+            return _chat_template(self.chat_template).render(
                 messages=list(messages), add_generation_prompt=add_generation_prompt,
                 tools=list(tools) if tools is not None else None,
                 bos_token=self.bos_token or "", eos_token=self.eos_token or "",

@@ -27,6 +27,14 @@ def lm_eval_tasks_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "tasks"
 
 
+def local_task_manager(folder: str | Path) -> Any:
+    """lm-eval's ``TaskManager`` over the task files written here alone: they include lm-eval's own YAMLs
+    by path, so the index of its thousands of built-in tasks (about 7 s to build each time) is not needed."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(folder), include_defaults=False)
+
+
 def write_local_tasks(names: list[str], out_dir: str | Path, limit: int | None = None,
                       skip: int = 0) -> list[str]:
     """Write ``mai_<name>.yaml`` + its documents (``limit`` after the first ``skip``) per task; return the

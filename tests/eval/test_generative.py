@@ -21,6 +21,7 @@ from mai.eval.gen_tasks import (
     mbpp_program,
 )
 from mai.eval.generation import GenSettings, ResultLog, run_gen_task
+from mai.eval.lm_eval_tasks import local_task_manager
 from mai.eval.sandbox import run_programs
 from mai.interop import load_model
 
@@ -31,12 +32,10 @@ needs_sandbox = pytest.mark.skipif(sandbox.sandbox_problem() is not None,
 def lm_eval_requests(write_task, tmp_path, monkeypatch, n: int = 3):
     """lm-eval's task (written by ``write_task`` over mai's first ``n`` documents) and the (prompt,
     generation kwargs) of its requests in document order."""
-    from lm_eval.tasks import TaskManager
-
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     name = write_task(tmp_path, limit=n)
-    task = TaskManager(include_path=str(tmp_path)).load_task_or_group([name])[name]
+    task = local_task_manager(tmp_path).load_task_or_group([name])[name]
     task.build_all_requests(limit=n, rank=0, world_size=1)
     return task, [inst.args for inst in sorted(task.instances, key=lambda i: i.doc_id)]
 

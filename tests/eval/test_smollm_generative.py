@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mai.eval import answers, sandbox
+from mai.eval.lm_eval_tasks import local_task_manager
 
 pytestmark = pytest.mark.slow
 N, TOKENS = 2, 48
@@ -63,15 +64,13 @@ def lm_eval_generate(hf_model, folder: Path, name: str, lm_filter: str) -> tuple
     and its samples under one filter (it logs each sample once per filter, the generated text the same)."""
     import lm_eval
     import torch
-    from lm_eval.tasks import TaskManager
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         res = lm_eval.simple_evaluate(model=hf_model, tasks=[name], device="cpu",
                                       gen_kwargs=f"max_gen_toks={TOKENS}", log_samples=True,
                                       confirm_run_unsafe_code=True,
-                                      task_manager=TaskManager(include_path=str(folder)))
+                                      task_manager=local_task_manager(folder))
     finally:
         torch.set_num_threads(threads)
     samples = sorted((s for s in res["samples"][name] if s["filter"] == lm_filter), key=lambda s: s["doc_id"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mai.eval.harness import run_task
-from mai.eval.lm_eval_tasks import write_local_tasks
+from mai.eval.lm_eval_tasks import local_task_manager, write_local_tasks
 from mai.eval.scoring import LoglikScorer
 from mai.eval.tasks import get_task
 from mai.interop import load_model
@@ -24,8 +24,6 @@ NAMES = ["hellaswag", "arc_easy", "piqa"]
 def lm_eval_results(smollm, smollm_hf, benchdata, tmp_path_factory):
     import os
 
-    from lm_eval.tasks import TaskManager
-
     import mai.eval.lm_eval_adapter  # noqa: F401  (registers "mai")
 
     os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -34,7 +32,7 @@ def lm_eval_results(smollm, smollm_hf, benchdata, tmp_path_factory):
     out = {}
     for key, model, args in [("hf", smollm_hf(8), None), ("mai", "mai", {"pretrained": str(smollm)})]:
         out[key] = lm_eval.simple_evaluate(model=model, model_args=args, tasks=names, batch_size=8,
-                                           device="cpu", task_manager=TaskManager(include_path=str(folder)),
+                                           device="cpu", task_manager=local_task_manager(folder),
                                            log_samples=True)
     return out
 
@@ -69,13 +67,11 @@ def test_few_shot_prefix_shared_across_questions_scores_as_lm_eval(smollm, smoll
     subject; every choice's log-likelihood still equals lm-eval's, which runs each question whole."""
     import os
 
-    from lm_eval.tasks import TaskManager
-
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     write_local_tasks(["mmlu_5shot"], tmp_path, limit=4)
     subjects = ["astronomy", "virology"]
     res = lm_eval.simple_evaluate(model=smollm_hf(8), tasks=[f"mai_mmlu_5shot_{s}" for s in subjects],
-                                  device="cpu", task_manager=TaskManager(include_path=str(tmp_path)),
+                                  device="cpu", task_manager=local_task_manager(tmp_path),
                                   log_samples=True)
     loaded = load_model(smollm)
     scorer = LoglikScorer(loaded.model, loaded.tokenizer)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mai.eval.lm_eval_tasks import write_local_tasks
+from mai.eval.lm_eval_tasks import local_task_manager, write_local_tasks
 from mai.eval.tasks import get_task
 
 pytest.importorskip("lm_eval")
@@ -15,9 +15,7 @@ N = 4
 
 
 def lm_eval_requests(include: Path, task_name: str) -> list[list[tuple[str, str]]]:
-    from lm_eval.tasks import TaskManager
-
-    task = TaskManager(include_path=str(include)).load_task_or_group([task_name])[task_name]
+    task = local_task_manager(include).load_task_or_group([task_name])[task_name]
     task.build_all_requests(limit=N, rank=0, world_size=1)
     by_doc: dict[int, list] = {}
     for inst in sorted(task.instances, key=lambda i: (i.doc_id, i.idx)):
