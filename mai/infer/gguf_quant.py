@@ -130,9 +130,9 @@ def apply_gguf_quant(model: nn.Module, path: str | Path, kernel: bool = False) -
     weight differs from the float weight in the model by a single bit. With ``kernel`` the layers compute
     through the VNNI kernel where the machine has it (fast, activations rounded to int8); without it they
     compute with the float weights, bit for bit the float model's products."""
-    import gguf
+    from mai.interop.gguf_io import open_gguf
 
-    reader = gguf.GGUFReader(str(path))
+    reader, _ = open_gguf(Path(path))
     arch = reader.fields["general.architecture"].contents()
     cfg = model.cfg  # type: ignore[attr-defined]
     modules = dict(model.named_modules())

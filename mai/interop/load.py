@@ -49,12 +49,13 @@ def _build(cfg: ModelConfig, sd: dict[str, torch.Tensor], dtype: torch.dtype) ->
         model = Transformer(cfg)
     if cfg.tie_embeddings:
         sd = {k: v for k, v in sd.items() if k != "output.weight"}
-    expected = {k for k in model.state_dict() if not (cfg.tie_embeddings and k == "output.weight")}
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    expected = {k for k in shapes if not (cfg.tie_embeddings and k == "output.weight")}
     missing, extra = sorted(expected - set(sd)), sorted(set(sd) - expected)
     if missing or extra:
         raise MaiError(f"checkpoint does not match its config: missing {missing[:4]}, unexpected {extra[:4]}")
     for name, t in sd.items():
-        want = model.state_dict()[name].shape
+        want = shapes[name]
         if t.shape != want:
             raise MaiError(f"tensor {name} has shape {tuple(t.shape)} but the config implies {tuple(want)}")
     model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=False, assign=True)
