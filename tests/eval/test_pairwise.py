@@ -89,17 +89,12 @@ def test_interval_on_fixed_verdicts():
 
 
 @pytest.fixture(scope="module")
-def judge_url():
+def judge_url(smollm_gguf):
     pytest.importorskip("uvicorn")
-    from mai.errors import MaiError
-    from mai.interop.bundled import smollm2_gguf
     from mai.serve.catalog import Catalog, KeyEntry, Limits, ModelEntry, SafetyConfig
     from tests.serve.conftest import serve_in_thread
 
-    try:
-        path = str(smollm2_gguf())
-    except MaiError as exc:
-        pytest.skip(str(exc))
+    path = str(smollm_gguf)
     # a grader reads the answers, it serves no user: the content-safety classifier is not its business
     catalog = Catalog(models=[ModelEntry("judge", path, max_batch=8, max_seq_len=1024,
                                          safety=SafetyConfig(classifier="off"))],

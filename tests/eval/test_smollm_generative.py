@@ -27,21 +27,22 @@ def mai_records(out: Path, task: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def mai_run(smollm, benchdata, tmp_path_factory):
+def mai_run(smollm_gguf, benchdata, tmp_path_factory):
     if sandbox.sandbox_problem():
         pytest.skip(str(sandbox.sandbox_problem()))
     out = tmp_path_factory.mktemp("gen")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # small decode matmuls: one thread is fastest
-    proc = subprocess.run([sys.executable, "-m", "mai.cli", "eval", str(smollm), "--tasks", "gsm8k,humaneval",
-                           "--limit", str(N), "--max-new-tokens", str(TOKENS), "--precision", "fp32",
-                           "--out", str(out)], capture_output=True, text=True, timeout=900, env=env)
+    proc = subprocess.run([sys.executable, "-m", "mai.cli", "eval", str(smollm_gguf), "--tasks",
+                           "gsm8k,humaneval", "--limit", str(N), "--max-new-tokens", str(TOKENS),
+                           "--precision", "fp32", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr
     return out, proc.stdout
 
 
-def test_gsm8k_and_humaneval_end_to_end(smollm, mai_run):
+def test_gsm8k_and_humaneval_end_to_end(smollm_gguf, mai_run):
     out, stdout = mai_run
-    results = json.loads((out / "results.json").read_text())["results"][str(smollm)]
+    results = json.loads((out / "results.json").read_text())["results"][str(smollm_gguf)]
     gsm = mai_records(out, "gsm8k")
     assert results["gsm8k"]["n"] == N and len(gsm) == N
     for name in ("strict_match", "flexible_extract"):

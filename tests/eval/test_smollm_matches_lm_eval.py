@@ -21,7 +21,7 @@ NAMES = ["hellaswag", "arc_easy", "piqa"]
 
 
 @pytest.fixture(scope="module")
-def lm_eval_results(smollm, smollm_hf, benchdata, tmp_path_factory):
+def lm_eval_results(smollm_gguf, smollm_hf, benchdata, tmp_path_factory):
     import os
 
     import mai.eval.lm_eval_adapter  # noqa: F401  (registers "mai")
@@ -30,15 +30,15 @@ def lm_eval_results(smollm, smollm_hf, benchdata, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tasks")
     names = write_local_tasks(NAMES, folder, limit=N)
     out = {}
-    for key, model, args in [("hf", smollm_hf(8), None), ("mai", "mai", {"pretrained": str(smollm)})]:
+    for key, model, args in [("hf", smollm_hf(8), None), ("mai", "mai", {"pretrained": str(smollm_gguf)})]:
         out[key] = lm_eval.simple_evaluate(model=model, model_args=args, tasks=names, batch_size=8,
                                            device="cpu", task_manager=local_task_manager(folder),
                                            log_samples=True)
     return out
 
 
-def test_scores_equal_lm_eval_hf(smollm, lm_eval_results):
-    loaded = load_model(smollm)
+def test_scores_equal_lm_eval_hf(smollm_gguf, lm_eval_results):
+    loaded = load_model(smollm_gguf)
     scorer = LoglikScorer(loaded.model, loaded.tokenizer)
     for name in NAMES:
         ours = run_task(scorer, get_task(name), N)
@@ -62,7 +62,8 @@ def test_mai_adapter_in_lm_eval_equals_hf(lm_eval_results):
         assert a["acc,none"] == b["acc,none"] and a["acc_norm,none"] == b["acc_norm,none"]
 
 
-def test_few_shot_prefix_shared_across_questions_scores_as_lm_eval(smollm, smollm_hf, benchdata, tmp_path):
+def test_few_shot_prefix_shared_across_questions_scores_as_lm_eval(smollm_gguf, smollm_hf, benchdata,
+                                                                   tmp_path):
     """MMLU 5-shot: the questions of a subject share their five solved examples, which mai runs once per
     subject; every choice's log-likelihood still equals lm-eval's, which runs each question whole."""
     import os
@@ -73,7 +74,7 @@ def test_few_shot_prefix_shared_across_questions_scores_as_lm_eval(smollm, smoll
     res = lm_eval.simple_evaluate(model=smollm_hf(8), tasks=[f"mai_mmlu_5shot_{s}" for s in subjects],
                                   device="cpu", task_manager=local_task_manager(tmp_path),
                                   log_samples=True)
-    loaded = load_model(smollm)
+    loaded = load_model(smollm_gguf)
     scorer = LoglikScorer(loaded.model, loaded.tokenizer)
     examples = [ex for ex in get_task("mmlu_5shot").load(4) if ex.group in subjects]
     pairs = [r for ex in examples for r in ex.requests]

@@ -1,1 +1,1 @@
-from tests.eval.conftest import smollm, tiny_dir  # noqa: F401  (a tiny model with MAI's chat template)
+from tests.eval.conftest import tiny_dir  # noqa: F401  (a tiny model with MAI's chat template)

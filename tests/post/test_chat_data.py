@@ -32,8 +32,8 @@ def test_mask_is_the_assistant_turns_mai_template(tiny_dir):
 
 
 @pytest.mark.slow
-def test_mask_is_the_assistant_turns_smollm_template(smollm):
-    tok = load_model(smollm).tokenizer  # ChatML with a default system prompt the template inserts
+def test_mask_is_the_assistant_turns_smollm_template(smollm_gguf):
+    tok = load_model(smollm_gguf).tokenizer  # ChatML with a default system prompt the template inserts
     assert masked_text(tok, CHAT[1:], True) == \
         "Hello! How can I help?<|im_end|>\nWhy did the chicken cross the road?<|im_end|>\n"
     assert "You are a helpful AI assistant" in masked_text(tok, CHAT[1:], False)
