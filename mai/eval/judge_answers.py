@@ -49,10 +49,10 @@ def read_answers(path: Path, prompts: list[str]) -> list[str]:
 def answers(source: str, prompts: list[str], max_new_tokens: int, batch: int, log_path: Path,
             precision: str = "auto", device: str = "cpu") -> list[str]:
     """``source``'s answers: a ``.jsonl`` answers file, or a model (any path `mai.interop` loads) whose
-    answers not yet in ``log_path`` are generated, ``batch`` prompts at a time."""
+    answers not yet in ``log_path`` are generated, ``batch`` decoding together and logged as they finish."""
     if source.endswith(".jsonl"):
         return read_answers(Path(source), prompts)
-    from mai.eval.generation import ResultLog, generate
+    from mai.eval.generation import ResultLog, as_finished
     from mai.infer.engine import Engine
     from mai.infer.load import load_for_inference
     from mai.infer.sampling import SamplingParams
@@ -65,10 +65,8 @@ def answers(source: str, prompts: list[str], max_new_tokens: int, batch: int, lo
         engine = Engine(loaded.model, tok.decode, tok.stop_ids, max_batch=batch,
                         max_seq_len=loaded.cfg.max_seq_len)
         greedy = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
-        for chunk in (todo[k:k + batch] for k in range(0, len(todo), batch)):
-            ids = [tok.encode(tok.apply_chat_template([{"role": "user", "content": prompts[i]}]))
-                   for i in chunk]
-            texts = generate(engine, ids, [greedy] * len(ids))
-            log.add([{"index": i, "prompt": prompts[i], "answer": t}
-                     for i, t in zip(chunk, texts, strict=True)])
+        requests = {i: [engine.submit(tok.encode(tok.apply_chat_template(
+            [{"role": "user", "content": prompts[i]}])), greedy)] for i in todo}
+        for done in as_finished(engine, requests, batch):  # all queued, `batch` decoding together
+            log.add([{"index": i, "prompt": prompts[i], "answer": requests[i][0].text} for i in done])
     return [log.done[i]["answer"] for i in range(len(prompts))]
